@@ -1,0 +1,125 @@
+"""Settings: embedded defaults, overridden by a project file, then RENDERDEV_* environment variables,
+then keyword arguments (the task's options). Read when asked for (`load_settings`), never at import.
+
+Project file: `renderdev.toml` in the current folder, or the file named by RENDERDEV_CONFIG.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from provisioner.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BlenderSource = Literal["auto", "installed", "mirror", "official", "apt"]
+SERVICES = ("redis", "db", "api")
+
+
+def _project_file() -> Path:
+    return Path(os.environ.get("RENDERDEV_CONFIG", "renderdev.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RENDERDEV_", extra="forbid", validate_default=True)
+
+    # compose stack
+    project: str = Field("renderdev", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="compose project name")
+    compose_dir: Path = REPO_ROOT / "compose"
+    state_dir: Path = Path("~/.local/state/renderdev")
+    bind_host: Literal["127.0.0.1"] = "127.0.0.1"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    db_port: int = Field(5432, ge=1, le=65535)
+    api_port: int = Field(8000, ge=1, le=65535)
+    db_name: str = Field("renderfarm", pattern=r"^[a-z_][a-z0-9_]*$")
+    db_user: str = Field("renderfarm", pattern=r"^[a-z_][a-z0-9_]*$")
+    health_timeout: float = Field(180.0, gt=0)
+
+    # images
+    base_image: str = "renderdev/base:bookworm"
+    base_pull: str = "debian:bookworm-slim"
+    debian_mirror: str = "http://deb.debian.org/debian"
+    image_prefix: str = "renderdev"
+    image_tag: str = "dev"
+
+    # blender on the host
+    api_container: str | None = None
+    blender_versions_file: Path = REPO_ROOT / "blender_versions.yaml"
+    blender_install_root: Path = Path("~/.local/share/renderdev/blender")
+    blender_link: Path = Path("/usr/bin/blender")
+    blender_mirror: str | None = None
+    blender_source: BlenderSource = "auto"
+    blender_official_base: str = "https://download.blender.org/release"
+    blender_version_env_keys: list[str] = ["BLENDER_VERSION"]
+    blender_version_label_keys: list[str] = ["org.blender.version", "blender.version"]
+    download_timeout: float = Field(30.0, gt=0)
+
+    # shell aliases
+    aliases_file: Path = Path("~/.config/renderdev/aliases.sh")
+    rc_files: list[Path] = [Path("~/.bashrc"), Path("~/.zshrc")]
+
+    @field_validator(
+        "compose_dir", "state_dir", "blender_versions_file", "blender_install_root", "blender_link", "aliases_file"
+    )
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expanduser(v))
+
+    @field_validator("rc_files")
+    @classmethod
+    def _expand_all(cls, v: list[Path]) -> list[Path]:
+        return [Path(os.path.expanduser(p)) for p in v]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_project_file()))
+
+    # derived paths: one place each
+    @property
+    def project_state_dir(self) -> Path:
+        return self.state_dir / self.project
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.project_state_dir / "secrets.env"
+
+    @property
+    def compose_file(self) -> Path:
+        return self.compose_dir / "compose.yaml"
+
+    def image(self, name: str) -> str:
+        return f"{self.image_prefix}/{name}:{self.image_tag}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings now. Options given as None are left to the file/environment/defaults."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            problems.append(f"{key}={err.get('input')!r}: {err['msg']}")
+        raise ConfigError(
+            "invalid renderdev setting: " + "; ".join(problems),
+            hint=f"fix it in {_project_file()} or the RENDERDEV_* environment variable, see README 'Configuration'",
+        ) from exc
+    except (OSError, ValueError) as exc:  # e.g. a project file that is not TOML
+        raise ConfigError(f"cannot read renderdev settings from {_project_file()}: {exc}") from exc

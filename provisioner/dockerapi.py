@@ -1,0 +1,42 @@
+"""Docker client and compose-label lookups. The client is made here and passed in everywhere else."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from provisioner.errors import DockerError
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+
+def docker_client() -> docker.DockerClient:
+    """Connect to the engine (DOCKER_HOST or the local socket); a clear error when none answers."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except DockerException as exc:
+        raise DockerError(
+            f"no Docker engine answers ({exc.__class__.__name__}: {exc})",
+            hint="start it (sudo systemctl start docker, or: bash scripts/install-host.sh), then re-run",
+        ) from exc
+    return client
+
+
+def project_containers(client: docker.DockerClient, project: str, *, all: bool = True) -> list[Container]:
+    """The compose project's containers, found by label (same in Compose v1 and v2), not by name."""
+    return list(client.containers.list(all=all, filters={"label": f"{PROJECT_LABEL}={project}"}))
+
+
+def service_container(client: docker.DockerClient, project: str, service: str) -> Container | None:
+    found = client.containers.list(
+        all=True, filters={"label": [f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]}
+    )
+    return found[0] if found else None
