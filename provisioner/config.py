@@ -68,7 +68,12 @@ class Settings(BaseSettings):
     rc_files: list[Path] = [Path("~/.bashrc"), Path("~/.zshrc")]
 
     @field_validator(
-        "compose_dir", "state_dir", "blender_versions_file", "blender_install_root", "blender_link", "aliases_file"
+        "compose_dir",
+        "state_dir",
+        "blender_versions_file",
+        "blender_install_root",
+        "blender_link",
+        "aliases_file",
     )
     @classmethod
     def _expand(cls, v: Path) -> Path:
@@ -88,7 +93,11 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_project_file()))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_project_file()),
+        )
 
     # derived paths: one place each
     @property

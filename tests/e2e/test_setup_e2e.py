@@ -1,0 +1,141 @@
+"""`invoke setup` end to end, against an isolated compose project, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+REPO = Path(__file__).resolve().parents[2]
+
+RENDER_SCRIPT = """
+import bpy, sys
+out = sys.argv[sys.argv.index("--") + 1]
+scene = bpy.context.scene
+scene.render.engine = "CYCLES"
+scene.cycles.device = "CPU"
+scene.cycles.samples = 4
+scene.cycles.use_denoising = False
+for layer in scene.view_layers:
+    layer.cycles.use_denoising = False
+scene.render.resolution_x, scene.render.resolution_y = 64, 48
+scene.render.resolution_percentage = 100
+scene.render.image_settings.file_format = "PNG"
+scene.render.filepath = out
+bpy.ops.render.render(write_still=True)
+"""
+
+
+def _invoke(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(f"invoke {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    w, h = struct.unpack(">II", head[16:24])
+    return w, h
+
+
+def test_invoke_setup_end_to_end(docker_client, project_images, tmp_path: Path, cleanup_project) -> None:  # type: ignore[no-untyped-def]
+    project = f"rde2e-{os.getpid()}"
+    cleanup_project.append(project)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("# user's own\n")
+    link = tmp_path / "bin" / "blender"
+    env = dict(os.environ)
+    env.update(
+        RENDERDEV_PROJECT=project,
+        RENDERDEV_REDIS_PORT=str(free_port()),
+        RENDERDEV_DB_PORT=str(free_port()),
+        RENDERDEV_API_PORT=str(free_port()),
+        RENDERDEV_STATE_DIR=str(tmp_path / "state"),
+        RENDERDEV_BLENDER_INSTALL_ROOT=str(tmp_path / "blender"),
+        RENDERDEV_BLENDER_LINK=str(link),
+        RENDERDEV_ALIASES_FILE=str(tmp_path / "cfg" / "aliases.sh"),
+        RENDERDEV_RC_FILES=json.dumps([str(home / ".bashrc"), str(home / ".zshrc")]),
+    )
+
+    dry = _invoke(env, "setup", "--dry-run")
+    assert "Dry run" in dry.stdout
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project}"}
+    )
+    assert not link.exists() and not link.is_symlink()
+
+    first = _invoke(env, "setup")
+    assert "Changed:" in first.stdout, first.stdout
+
+    containers = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+    services = {c.labels["com.docker.compose.service"]: c for c in containers}
+    assert set(services) == {"redis", "db", "api"}
+    for name, c in services.items():
+        c.reload()
+        assert c.attrs["State"]["Health"]["Status"] == "healthy", name
+
+    api_env = dict(e.split("=", 1) for e in services["api"].attrs["Config"]["Env"])
+    declared = api_env["BLENDER_VERSION"]
+    assert link.is_symlink()
+    first_line = subprocess.run([str(link), "--version"], capture_output=True, text=True, check=True).stdout
+    assert first_line.splitlines()[0].strip() == f"Blender {declared}"
+
+    out = tmp_path / "tiny.png"
+    script = tmp_path / "render.py"
+    script.write_text(RENDER_SCRIPT)
+    subprocess.run(
+        [
+            str(link),
+            "-b",
+            "--factory-startup",
+            "-noaudio",
+            "--python-exit-code",
+            "1",
+            "--python",
+            str(script),
+            "--",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert _png_size(out) == (64, 48)
+
+    assert "renderdev aliases" in (home / ".bashrc").read_text()
+    assert (home / ".bashrc").read_text().startswith("# user's own\n")
+
+    second = _invoke(env, "setup")
+    assert "Nothing changed" in second.stdout, second.stdout
+
+    status = _invoke(env, "status", "--json")
+    report = json.loads(status.stdout)
+    assert report["ok"] is True, report
+
+    _invoke(env, "down", "--all")
+    assert not docker_client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project}"}
+    )
+    assert not link.is_symlink()
+    assert (home / ".bashrc").read_text() == "# user's own\n"
+    status = _invoke(env, "status", "--json", check=False)
+    assert status.returncode == 1
