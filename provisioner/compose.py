@@ -1,0 +1,129 @@
+"""The compose driver: `docker compose` (v2) when it exists, else `docker-compose` (v1).
+
+Both are run the same way, `-p <project> -f compose/compose.yaml ...`, with the RENDERDEV_* variables
+compose.yaml reads (image names, host ports, secrets folder). Nothing here relies on v2-only
+features (no `up --wait`): readiness is waited for through the Docker API (provisioner.services).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from provisioner import proc
+from provisioner.config import SERVICES, Settings
+from provisioner.errors import CommandError, DockerError
+from provisioner.secrets import secrets_dir
+
+UP_TIMEOUT = 900.0  # `up` waits for redis and db to be healthy before it starts api
+DOWN_TIMEOUT = 300.0
+VERSION_TIMEOUT = 30.0
+INSTALL_HINT = (
+    "install Compose v2 (the `docker compose` plugin; see README 'Prerequisites'),"
+    " or Compose v1 (apt-get install docker-compose), then re-run"
+)
+
+
+@dataclass(frozen=True)
+class ComposeDriver:
+    argv: tuple[str, ...]  # ("/usr/bin/docker", "compose") or ("/usr/bin/docker-compose",)
+    version: str  # e.g. "2.26.1"
+
+    @property
+    def major(self) -> int:
+        head = self.version.lstrip("v").split(".", 1)[0]
+        return int(head) if head.isdigit() else 0
+
+    def describe(self) -> str:
+        name = "docker compose" if len(self.argv) > 1 else "docker-compose"
+        return f"{name} {self.version}"
+
+
+_detected: dict[str, ComposeDriver] = {}
+
+
+def detect_driver(path: str | None = None) -> ComposeDriver:
+    """Find the compose command once per PATH: v2 plugin first, then the v1 (or standalone v2) binary."""
+    search = path if path is not None else os.environ.get("PATH", os.defpath)
+    if search in _detected:
+        return _detected[search]
+    driver = _probe_v2(search) or _probe_standalone(search)
+    if driver is None:
+        raise DockerError(
+            f"neither `docker compose` (Compose v2) nor `docker-compose` (Compose v1) was found on PATH={search}",
+            hint=INSTALL_HINT,
+        )
+    _detected[search] = driver
+    return driver
+
+
+def _version(argv: list[str]) -> str | None:
+    try:
+        out = proc.run([*argv, "version", "--short"], timeout=VERSION_TIMEOUT).stdout
+    except CommandError:
+        return None
+    return out.strip().splitlines()[0].strip() if out.strip() else None
+
+
+def _probe_v2(search: str) -> ComposeDriver | None:
+    docker = shutil.which("docker", path=search)
+    if docker is None:
+        return None
+    version = _version([docker, "compose"])
+    return ComposeDriver((docker, "compose"), version) if version else None
+
+
+def _probe_standalone(search: str) -> ComposeDriver | None:
+    binary = shutil.which("docker-compose", path=search)
+    if binary is None:
+        return None
+    version = _version([binary])
+    return ComposeDriver((binary,), version) if version else None
+
+
+def compose_env(settings: Settings) -> dict[str, str]:
+    """The variables compose.yaml reads. Pure: the same settings give the same mapping."""
+    env = {f"RENDERDEV_{svc.upper()}_IMAGE": settings.image(svc) for svc in SERVICES}
+    env.update(
+        RENDERDEV_BIND_HOST=settings.bind_host,
+        RENDERDEV_REDIS_PORT=str(settings.redis_port),
+        RENDERDEV_DB_PORT=str(settings.db_port),
+        RENDERDEV_API_PORT=str(settings.api_port),
+        RENDERDEV_DB_USER=settings.db_user,
+        RENDERDEV_DB_NAME=settings.db_name,
+        RENDERDEV_SECRETS_DIR=str(secrets_dir(settings)),
+    )
+    return env
+
+
+def compose_argv(driver: ComposeDriver, settings: Settings, *args: str) -> list[str]:
+    return [*driver.argv, "-p", settings.project, "-f", str(settings.compose_file), *args]
+
+
+def run_compose(
+    settings: Settings, *args: str, driver: ComposeDriver | None = None, timeout: float = UP_TIMEOUT
+) -> str:
+    """Run one compose command for the settings' project; return its output (compose logs to stderr)."""
+    drv = driver or detect_driver()
+    done = proc.run(
+        compose_argv(drv, settings, *args),
+        env=compose_env(settings),
+        cwd=settings.compose_dir,
+        timeout=timeout,
+        hint=f"check {settings.compose_file} and the containers' logs"
+        f" ({' '.join(drv.argv)} -p {settings.project} logs), then re-run: invoke services",
+    )
+    return (done.stdout or "") + (done.stderr or "")
+
+
+def up(settings: Settings, *, driver: ComposeDriver | None = None, force_recreate: bool = False) -> None:
+    """Create or update the project's containers, detached. Images are never built or pulled here."""
+    args = ["up", "-d", "--no-build"] + (["--force-recreate"] if force_recreate else [])
+    run_compose(settings, *args, driver=driver, timeout=UP_TIMEOUT)
+
+
+def down(settings: Settings, *, volumes: bool, driver: ComposeDriver | None = None) -> None:
+    """Remove the project's containers and network (and its named volumes with volumes=True)."""
+    args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
+    run_compose(settings, *args, driver=driver, timeout=DOWN_TIMEOUT)

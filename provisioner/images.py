@@ -1,0 +1,294 @@
+"""The project's images: a Debian base image, then redis, db and api built on it from compose/<name>/.
+
+The base is pulled (`debian:bookworm-slim`) where a registry answers, and otherwise bootstrapped
+from Debian's mirror with debootstrap and imported, so this works air-gapped and in CI.
+
+Every built image carries the label `org.renderdev.context-hash`: a digest of its build context
+(its compose/<name>/ folder, the build args, the base image's id and, for api, the wheelhouse's
+inputs). An image whose label matches is "ok" and is not rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound
+from docker.utils import parse_repository_tag
+from rich.console import Console
+
+from provisioner import proc, wheelhouse
+from provisioner.config import REPO_ROOT, Settings
+from provisioner.digest import digest_tree
+from provisioner.errors import DockerError
+from provisioner.plan import Outcome, Step, StepState, run_steps
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.images import Image
+
+HASH_LABEL = "org.renderdev.context-hash"
+BUILT = ("redis", "db", "api")  # built in this order, each FROM the base image
+SUITE = "bookworm"
+BUILD_TIMEOUT = 3600  # seconds without a byte from the engine before a build is given up
+BOOTSTRAP_TIMEOUT = 1800.0
+LOG_TAIL = 25
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes in build output (e.g. pip's errors)
+
+
+def find_image(client: docker.DockerClient, name: str) -> Image | None:
+    try:
+        return client.images.get(name)
+    except ImageNotFound:
+        return None
+    except DockerException as exc:
+        raise DockerError(f"cannot inspect image {name}: {exc}") from exc
+
+
+def short_id(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def context_dir(settings: Settings, name: str) -> Path:
+    return settings.compose_dir / name
+
+
+def build_args(settings: Settings) -> dict[str, str]:
+    return {"BASE_IMAGE": settings.base_image}
+
+
+def context_hash(settings: Settings, name: str, base_id: str, *, root: Path = REPO_ROOT) -> str:
+    """The digest an up-to-date image `name` carries in its HASH_LABEL. Pure: reads files only."""
+    extra = {"base_image_id": base_id, **{f"arg {k}": v for k, v in build_args(settings).items()}}
+    if name == "api":
+        extra["wheelhouse"] = wheelhouse.inputs_digest(settings, root)
+    return digest_tree(context_dir(settings, name), exclude=("wheels",), extra=extra)
+
+
+# ---------------------------------------------------------------- plan
+
+
+def plan_images(client: docker.DockerClient, settings: Settings, console: Console) -> list[Step]:
+    """Base image, api wheelhouse, then redis, db, api: each "ok" or what would change."""
+    steps = [_plan_base(client, settings, console), wheelhouse.plan_wheelhouse(settings, console)]
+    base = find_image(client, settings.base_image)
+    for name in BUILT:
+        steps.append(_plan_build(client, settings, console, name, base.id if base else None))
+    return steps
+
+
+def ensure_images(client: docker.DockerClient, settings: Settings, console: Console) -> Outcome:
+    """Plan, show the plan, and build what is missing or out of date. A second run changes nothing."""
+    return run_steps(console, plan_images(client, settings, console), dry_run=False, heading="Plan: images")
+
+
+def _plan_base(client: docker.DockerClient, settings: Settings, console: Console) -> Step:
+    title = f"base image {settings.base_image}"
+    image = find_image(client, settings.base_image)
+    if image is not None:
+        return Step("images", title, StepState.OK, short_id(image.id))
+    return Step(
+        "images",
+        title,
+        StepState.CHANGE,
+        f"pull {settings.base_pull}, else bootstrap Debian {SUITE} from {settings.debian_mirror}",
+        apply=lambda: make_base_image(client, settings, console),
+    )
+
+
+def _plan_build(
+    client: docker.DockerClient, settings: Settings, console: Console, name: str, base_id: str | None
+) -> Step:
+    tag = settings.image(name)
+    title = f"image {tag}"
+
+    def apply() -> str:
+        return build_image(client, settings, console, name)
+
+    if base_id is None:
+        return Step("images", title, StepState.CHANGE, "build, once the base image is there", apply=apply)
+    image = find_image(client, tag)
+    if image is None:
+        return Step("images", title, StepState.CHANGE, f"build from {context_dir(settings, name)}", apply=apply)
+    if image.labels.get(HASH_LABEL) == context_hash(settings, name, base_id):
+        return Step("images", title, StepState.OK, short_id(image.id))
+    inputs = f"{context_dir(settings, name)}, the base image"
+    if name == "api":
+        inputs += ", requirements.txt or the renderfarm sources"
+    return Step("images", title, StepState.CHANGE, f"rebuild: {inputs} changed since {short_id(image.id)}", apply=apply)
+
+
+# ---------------------------------------------------------------- base image
+
+
+def make_base_image(client: docker.DockerClient, settings: Settings, console: Console) -> str:
+    """Pull the base where a registry answers; otherwise bootstrap it from the Debian mirror."""
+    try:
+        pull_base(client, settings)
+        return f"pulled {settings.base_pull}"
+    except DockerError as exc:
+        console.print(f"  pull of {settings.base_pull} failed ({exc.message}); bootstrapping instead", markup=False)
+    seconds = bootstrap_base(client, settings, console)
+    return f"bootstrapped Debian {SUITE} from {settings.debian_mirror} in {seconds:.0f} s"
+
+
+def pull_base(client: docker.DockerClient, settings: Settings) -> None:
+    repo, tag = parse_repository_tag(settings.base_pull)
+    try:
+        image = client.images.pull(repo, tag=tag or "latest")
+        new_repo, new_tag = parse_repository_tag(settings.base_image)
+        image.tag(new_repo, new_tag or "latest")
+    except (DockerException, requests.RequestException) as exc:
+        raise DockerError(f"cannot pull {settings.base_pull}: {_first_line(exc)}") from exc
+
+
+def bootstrap_base(client: docker.DockerClient, settings: Settings, console: Console) -> float:
+    """debootstrap a minimal Debian into a temporary folder, tar it and `docker import` it. Needs root."""
+    debootstrap = shutil.which("debootstrap")
+    if debootstrap is None:
+        raise DockerError(
+            f"cannot make the base image {settings.base_image}: {settings.base_pull} could not be pulled"
+            " and debootstrap is not installed",
+            hint="sudo apt-get install -y debootstrap, then re-run: invoke images",
+        )
+    if os.geteuid() != 0:
+        raise DockerError(
+            f"cannot make the base image {settings.base_image}: debootstrap must run as root",
+            hint="sudo -E invoke images",
+        )
+    started = time.monotonic()
+    repo, tag = parse_repository_tag(settings.base_image)
+    with tempfile.TemporaryDirectory(prefix="renderdev-base-") as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        console.print(f"  debootstrap --variant=minbase {SUITE} from {settings.debian_mirror} ...", markup=False)
+        proc.run(
+            [debootstrap, "--variant=minbase", SUITE, str(rootfs), settings.debian_mirror],
+            timeout=BOOTSTRAP_TIMEOUT,
+            hint=f"check that {settings.debian_mirror} answers (RENDERDEV_DEBIAN_MIRROR), then re-run: invoke images",
+        )
+        _tidy_rootfs(rootfs)
+        tarball = Path(tmp) / "rootfs.tar"
+        proc.run(["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."], timeout=600)
+        console.print(f"  docker import {settings.base_image} ...", markup=False)
+        try:
+            client.api.import_image_from_file(
+                str(tarball), repository=repo, tag=tag or "latest", changes=['CMD ["bash"]']
+            )
+        except (DockerException, requests.RequestException) as exc:
+            raise DockerError(f"docker import of {settings.base_image} failed: {_first_line(exc)}") from exc
+    if find_image(client, settings.base_image) is None:
+        raise DockerError(f"docker import reported no error, but {settings.base_image} is not there")
+    return time.monotonic() - started
+
+
+def _tidy_rootfs(rootfs: Path) -> None:
+    """Make the bootstrapped tree behave like debian:bookworm-slim for image builds."""
+    policy = rootfs / "usr/sbin/policy-rc.d"  # package installs never start services in a build
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*_*"):
+        for path in rootfs.glob(pattern):
+            path.unlink()
+
+
+# ---------------------------------------------------------------- builds
+
+
+def build_image(client: docker.DockerClient, settings: Settings, console: Console, name: str) -> str:
+    """Build settings.image(name) from compose/<name>/ on the base image, labelled with its context hash."""
+    base = find_image(client, settings.base_image)
+    if base is None:
+        raise DockerError(
+            f"cannot build {settings.image(name)}: the base image {settings.base_image} is missing",
+            hint="invoke images",
+        )
+    if name == "api" and wheelhouse.stale_parts(settings):
+        wheelhouse.build_wheelhouse(settings, console)
+    previous = find_image(client, settings.image(name))
+    started = time.monotonic()
+    image_id = docker_build(
+        client,
+        console,
+        tag=settings.image(name),
+        context=context_dir(settings, name),
+        buildargs=build_args(settings),
+        labels={HASH_LABEL: context_hash(settings, name, base.id)},
+    )
+    done = f"built {short_id(image_id)} in {time.monotonic() - started:.0f} s"
+    if previous is not None and previous.id != image_id and _remove_untagged(client, previous.id):
+        done += f", removed the old {short_id(previous.id)}"
+    return done
+
+
+def _remove_untagged(client: docker.DockerClient, image_id: str) -> bool:
+    """Remove an image the new build superseded, unless a container (e.g. the running stack) still uses it."""
+    try:
+        client.images.remove(image_id)
+    except APIError as exc:
+        if exc.status_code == 409:  # in use by a container, or tagged elsewhere: keep it
+            return False
+        raise DockerError(f"cannot remove the superseded image {short_id(image_id)}: {exc.explanation}") from exc
+    return True
+
+
+def docker_build(
+    client: docker.DockerClient,
+    console: Console,
+    *,
+    tag: str,
+    context: Path,
+    buildargs: dict[str, str],
+    labels: dict[str, str],
+) -> str:
+    """Build through the engine's API, printing each Dockerfile step; a failure carries the log's tail."""
+    log: deque[str] = deque(maxlen=LOG_TAIL)
+    image_id: str | None = None
+    hint = f"fix {context / 'Dockerfile'} (or what it fetches), then re-run: invoke images"
+    console.print(f"  building {tag} from {context} ...", markup=False)
+    try:
+        stream: Any = client.api.build(
+            path=str(context),
+            tag=tag,
+            buildargs=buildargs,
+            labels=labels,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+            timeout=BUILD_TIMEOUT,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                raise DockerError(_build_failure(tag, str(chunk["error"]), log), hint=hint)
+            for line in _ANSI.sub("", str(chunk.get("stream", ""))).splitlines():
+                if line.strip():
+                    log.append(line.rstrip())
+                if line.startswith("Step "):
+                    console.print(f"    {line[:150]}", markup=False, highlight=False)
+            aux = chunk.get("aux")
+            if isinstance(aux, dict) and "ID" in aux:
+                image_id = str(aux["ID"])
+    except (DockerException, requests.RequestException) as exc:
+        raise DockerError(_build_failure(tag, _first_line(exc), log), hint=hint) from exc
+    built = find_image(client, tag)
+    if built is None or (image_id is not None and built.id != image_id):
+        raise DockerError(_build_failure(tag, "the engine reported no image", log), hint=hint)
+    return str(built.id)
+
+
+def _build_failure(tag: str, error: str, log: deque[str]) -> str:
+    msg = f"building image {tag} failed: {error.strip()}"
+    if log:
+        msg += "\n" + "\n".join(f"  | {line}" for line in log)
+    return msg
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

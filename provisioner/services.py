@@ -1,0 +1,275 @@
+"""The running stack: secrets, then `compose up`, then a wait for health through the Docker API.
+
+The stack is "ok" when each service's container (found by its compose labels) is running, healthy,
+and made from the image that `invoke images` last built. Readiness is polled here, with a deadline,
+rather than with `up --wait` (Compose v1 has none); a container that exits, turns unhealthy or does
+not become healthy in time is reported with its state and the tail of its log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import URL
+
+from provisioner import compose
+from provisioner.config import SERVICES, Settings
+from provisioner.dockerapi import PROJECT_LABEL, project_containers, service_container
+from provisioner.errors import DockerError
+from provisioner.images import find_image
+from provisioner.plan import Check, Step, StepState
+from provisioner.secrets import plan_secrets, read_secrets, stale_mounts
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+
+POLL_SECONDS = 0.5
+LOG_TAIL = 20
+MAX_RESTARTS = 2  # a container restarted more often than this while we wait is crash-looping
+VOLUME_LABEL = "com.docker.compose.volume"
+DB_VOLUME = "dbdata"  # as named in compose.yaml
+FIX = "invoke services"
+
+
+# ---------------------------------------------------------------- connection info
+
+
+def redis_url(settings: Settings) -> str:
+    """redis://:<password>@127.0.0.1:<port>/0 for the stack's Redis (password from the secrets file)."""
+    password = read_secrets(settings)["redis_password"]
+    return f"redis://:{password}@{settings.bind_host}:{settings.redis_port}/0"
+
+
+def db_url(settings: Settings) -> str:
+    """SQLAlchemy URL (psycopg 3) for the stack's database, as seen from the host."""
+    url = URL.create(
+        "postgresql+psycopg",
+        username=settings.db_user,
+        password=read_secrets(settings)["db_password"],
+        host=settings.bind_host,
+        port=settings.db_port,
+        database=settings.db_name,
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def api_url(settings: Settings) -> str:
+    return f"http://{settings.bind_host}:{settings.api_port}"
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    service: str
+    container: str | None  # container name; None when there is none
+    status: str  # Docker's State.Status, or "missing"
+    health: str | None  # "starting", "healthy", "unhealthy"; None without a healthcheck
+    current_image: bool  # made from the image the tag names now
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "running" and self.health in ("healthy", None)
+
+    @property
+    def ok(self) -> bool:
+        return self.ready and self.current_image
+
+    def describe(self) -> str:
+        if self.container is None:
+            return "no container"
+        text = self.status if self.health is None else f"{self.status}, {self.health}"
+        if not self.current_image:
+            text += ", made from an older image"
+        return f"{text} ({self.container})"
+
+
+def _state_of(container: Container) -> dict[str, Any]:
+    return dict(container.attrs.get("State") or {})
+
+
+def service_state(client: docker.DockerClient, settings: Settings, service: str) -> ServiceState:
+    c = service_container(client, settings.project, service)
+    if c is None:
+        return ServiceState(service, None, "missing", None, False)
+    state = _state_of(c)
+    image = find_image(client, settings.image(service))
+    return ServiceState(
+        service=service,
+        container=c.name,
+        status=str(state.get("Status", "unknown")),
+        health=(state.get("Health") or {}).get("Status"),
+        current_image=image is not None and c.attrs.get("Image") == image.id,
+    )
+
+
+def service_states(client: docker.DockerClient, settings: Settings) -> list[ServiceState]:
+    return [service_state(client, settings, svc) for svc in SERVICES]
+
+
+# ---------------------------------------------------------------- plan
+
+
+def plan_services(client: docker.DockerClient, settings: Settings) -> list[Step]:
+    """The secrets step, then the stack step ("ok" when all three containers are current and healthy)."""
+    secrets_step = plan_secrets(settings)
+    if secrets_step.needed and not settings.secrets_file.exists():
+        _refuse_orphaned_db_volume(client, settings)
+    states = service_states(client, settings)
+    title = f"compose project {settings.project}"
+    # Secret files are bind mounts of one inode: after rewriting them, existing containers need recreating.
+    recreate = bool(stale_mounts(settings)) and any(s.container for s in states)
+    if not recreate and all(s.ok for s in states):
+        return [secrets_step, Step("services", title, StepState.OK, "redis, db, api running and healthy")]
+    wrong = [f"{s.service}: {s.describe()}" for s in states if not s.ok]
+    detail = "compose up, then wait for health"
+    if recreate:
+        detail += " (recreating containers for the new secret files)"
+    if wrong:
+        detail += "; now " + "; ".join(wrong)
+    return [
+        secrets_step,
+        Step(
+            "services",
+            title,
+            StepState.CHANGE,
+            detail,
+            apply=lambda: bring_up(client, settings, force_recreate=recreate),
+        ),
+    ]
+
+
+def _refuse_orphaned_db_volume(client: docker.DockerClient, settings: Settings) -> None:
+    """New passwords cannot open a database initialised with old ones: say so instead of failing later."""
+    volumes = client.volumes.list(
+        filters={"label": [f"{PROJECT_LABEL}={settings.project}", f"{VOLUME_LABEL}={DB_VOLUME}"]}
+    )
+    if volumes:
+        raise DockerError(
+            f"the database volume {volumes[0].name} of compose project {settings.project} exists, but its"
+            f" password is gone with the secrets file {settings.secrets_file}",
+            hint=f"restore {settings.secrets_file}, or drop the database: invoke down --volumes, then invoke services",
+        )
+
+
+def bring_up(client: docker.DockerClient, settings: Settings, *, force_recreate: bool = False) -> str:
+    """compose up -d, then wait (through the Docker API) until every service is healthy."""
+    missing = [settings.image(svc) for svc in SERVICES if find_image(client, settings.image(svc)) is None]
+    if missing:
+        raise DockerError(f"image(s) not built yet: {', '.join(missing)}", hint="invoke images")
+    driver = compose.detect_driver()
+    started = time.monotonic()
+    compose.up(settings, driver=driver, force_recreate=force_recreate)
+    wait_healthy(client, settings, started + settings.health_timeout)
+    return f"{driver.describe()} up; healthy after {time.monotonic() - started:.1f} s"
+
+
+# ---------------------------------------------------------------- health
+
+
+def wait_healthy(
+    client: docker.DockerClient,
+    settings: Settings,
+    deadline: float,
+    *,
+    services: Sequence[str] = SERVICES,
+    poll: float = POLL_SECONDS,
+) -> dict[str, float]:
+    """Poll until each service's container is running and healthy; return seconds waited per service.
+
+    `deadline` is a time.monotonic() value. A container that exits, turns unhealthy or keeps
+    restarting fails at once; on the deadline, every container still waited for is named with its
+    state. Either way the error carries the tail of the container's log.
+    """
+    started = time.monotonic()
+    pending = list(services)
+    ready: dict[str, float] = {}
+    last: dict[str, str] = {}
+    while True:
+        for svc in list(pending):
+            c = service_container(client, settings.project, svc)
+            if c is None:
+                last[svc] = "no container yet"
+                continue
+            state = _state_of(c)
+            status = str(state.get("Status", "unknown"))
+            health = (state.get("Health") or {}).get("Status")
+            last[svc] = status if health is None else f"{status}, {health}"
+            if status == "running" and health in ("healthy", None):
+                ready[svc] = time.monotonic() - started
+                pending.remove(svc)
+            elif status in ("exited", "dead") or health == "unhealthy":
+                raise _unready(settings, svc, c, last[svc] + _exit_code(state))
+            elif int(c.attrs.get("RestartCount") or 0) > MAX_RESTARTS:
+                raise _unready(settings, svc, c, f"{last[svc]}, restarted {c.attrs['RestartCount']} times")
+        if not pending:
+            return ready
+        if time.monotonic() >= deadline:
+            waited = time.monotonic() - started
+            first = service_container(client, settings.project, pending[0])
+            states = "; ".join(f"{svc}: {last[svc]}" for svc in pending)
+            raise _unready(settings, pending[0], first, f"not healthy after {waited:.0f} s ({states})", timed_out=True)
+        time.sleep(poll)
+
+
+def _exit_code(state: dict[str, Any]) -> str:
+    return f" (exit code {state['ExitCode']})" if state.get("Status") in ("exited", "dead") else ""
+
+
+def _unready(
+    settings: Settings, service: str, c: Container | None, what: str, *, timed_out: bool = False
+) -> DockerError:
+    name = c.name if c is not None else "(none)"
+    lines = [f"service {service} of compose project {settings.project} is not ready: container {name} is {what}"]
+    if c is not None:
+        health_log = (_state_of(c).get("Health") or {}).get("Log") or []
+        if health_log:
+            output = str(health_log[-1].get("Output", "")).strip()
+            lines.append(f"  last health check: exit {health_log[-1].get('ExitCode')}: {output[:300]}")
+        try:
+            tail = c.logs(tail=LOG_TAIL).decode(errors="replace").rstrip()
+        except Exception as exc:  # noqa: BLE001 - the log is a courtesy: never hide the real error
+            tail = f"(could not read the log: {exc})"
+        if tail:
+            lines.append(f"  last {LOG_TAIL} log lines of {name}:")
+            lines += [f"  | {line}" for line in tail.splitlines()]
+    hint = f"read the whole log: docker logs {name}; fix the cause, then re-run: {FIX}"
+    if timed_out:
+        hint += f" (or allow more time: RENDERDEV_HEALTH_TIMEOUT, now {settings.health_timeout:.0f} s)"
+    return DockerError("\n".join(lines), hint=hint)
+
+
+# ---------------------------------------------------------------- down and status
+
+
+def down(client: docker.DockerClient, settings: Settings, volumes: bool) -> str:
+    """Remove the project's containers and network, and its volumes with volumes=True. Says what it did."""
+    containers = project_containers(client, settings.project)
+    label = {"label": f"{PROJECT_LABEL}={settings.project}"}
+    vols = client.volumes.list(filters=label) if volumes else []
+    nets = client.networks.list(filters=label)
+    if not containers and not vols and not nets:
+        return f"compose project {settings.project}: nothing to remove"
+    compose.down(settings, volumes=volumes)
+    left = project_containers(client, settings.project)
+    if left:
+        names = ", ".join(str(c.name) for c in left)
+        raise DockerError(
+            f"compose down left containers of project {settings.project}: {names}",
+            hint=f"remove them: docker rm -f {names}",
+        )
+    done = f"compose project {settings.project}: removed {len(containers)} container(s)"
+    return done + (f" and {len(vols)} volume(s)" if volumes else " (volumes kept)")
+
+
+def check_services(client: docker.DockerClient, settings: Settings) -> list[Check]:
+    """One status line per service: running, healthy and on the current image?"""
+    return [
+        Check(f"service {s.service} ({settings.project})", s.ok, s.describe(), FIX)
+        for s in service_states(client, settings)
+    ]

@@ -1,0 +1,106 @@
+"""Where the render system finds Redis and Postgres: RENDERFARM_* variables, read when asked.
+
+| variable                        | default    |
+| ------------------------------- | ---------- |
+| RENDERFARM_REDIS_HOST           | 127.0.0.1  |
+| RENDERFARM_REDIS_PORT           | 6379       |
+| RENDERFARM_REDIS_DB             | 0          |
+| RENDERFARM_REDIS_PASSWORD_FILE  | (none)     |
+| RENDERFARM_DB_HOST              | 127.0.0.1  |
+| RENDERFARM_DB_PORT              | 5432       |
+| RENDERFARM_DB_USER              | renderfarm |
+| RENDERFARM_DB_NAME              | renderfarm |
+| RENDERFARM_DB_PASSWORD_FILE     | (none)     |
+
+Passwords live in files (compose mounts them at /run/secrets/...); they are read each time a
+connection is configured, so a rotated secret needs no restart of the reader's settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from renderfarm.errors import RenderConfigError
+
+PREFIX = "RENDERFARM_"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_db: int = 0
+    redis_password_file: Path | None = None
+    db_host: str = "127.0.0.1"
+    db_port: int = 5432
+    db_user: str = "renderfarm"
+    db_name: str = "renderfarm"
+    db_password_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        """Read RENDERFARM_* from environ (default: os.environ, now). Unset variables keep the defaults."""
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(PREFIX + name, "").strip() or default
+
+        def number(name: str, default: int, low: int, high: int) -> int:
+            raw = env.get(PREFIX + name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise RenderConfigError(f"{PREFIX}{name}={raw!r} is not a whole number") from None
+            if not low <= value <= high:
+                raise RenderConfigError(f"{PREFIX}{name}={value} is out of range ({low}..{high})")
+            return value
+
+        def path(name: str) -> Path | None:
+            raw = env.get(PREFIX + name, "").strip()
+            return Path(raw) if raw else None
+
+        return cls(
+            redis_host=text("REDIS_HOST", d.redis_host),
+            redis_port=number("REDIS_PORT", d.redis_port, 1, 65535),
+            redis_db=number("REDIS_DB", d.redis_db, 0, 15),
+            redis_password_file=path("REDIS_PASSWORD_FILE"),
+            db_host=text("DB_HOST", d.db_host),
+            db_port=number("DB_PORT", d.db_port, 1, 65535),
+            db_user=text("DB_USER", d.db_user),
+            db_name=text("DB_NAME", d.db_name),
+            db_password_file=path("DB_PASSWORD_FILE"),
+        )
+
+    def redis_password(self) -> str | None:
+        return _read_secret(self.redis_password_file, "REDIS_PASSWORD_FILE")
+
+    def db_password(self) -> str | None:
+        return _read_secret(self.db_password_file, "DB_PASSWORD_FILE")
+
+    def db_url(self) -> URL:
+        """The SQLAlchemy URL (psycopg 3 driver); the password is read from its file now."""
+        return URL.create(
+            "postgresql+psycopg",
+            username=self.db_user,
+            password=self.db_password(),
+            host=self.db_host,
+            port=self.db_port,
+            database=self.db_name,
+        )
+
+
+def _read_secret(path: Path | None, variable: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise RenderConfigError(f"cannot read {PREFIX}{variable}={path}: {exc.strerror}") from exc
