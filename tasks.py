@@ -106,9 +106,7 @@ def setup(
     from provisioner.setup import setup as run_setup
 
     settings = _blender_settings(api_container, versions_file, mirror, source, install_root, link)
-    run_setup(
-        _client(), settings, _console(), dry_run=dry_run, force=force, version=version, insecure=insecure
-    )
+    run_setup(_client(), settings, _console(), dry_run=dry_run, force=force, version=version, insecure=insecure)
 
 
 @task(help={"dry_run": BLENDER_HELP["dry_run"]})
@@ -116,7 +114,6 @@ def setup(
 def images(c: Context, dry_run: bool = False) -> None:
     """Build the base image (pulled, or bootstrapped from Debian) and the redis, db and api images."""
     from provisioner.images import plan_images
-
     from provisioner.plan import report, run_steps
 
     console = _console()
@@ -128,9 +125,8 @@ def images(c: Context, dry_run: bool = False) -> None:
 @edge
 def services(c: Context, dry_run: bool = False) -> None:
     """Start redis, db and api with compose and wait until each is healthy."""
-    from provisioner.services import plan_services
-
     from provisioner.plan import report, run_steps
+    from provisioner.services import plan_services
 
     console = _console()
     steps = plan_services(_client(), _settings())
@@ -154,15 +150,12 @@ def blender(
 ) -> None:
     """Install the Blender version the api container declares, and link it (default /usr/bin/blender)."""
     from provisioner.blender.install import plan_blender
-
     from provisioner.plan import report, run_steps
 
     console = _console()
     settings = _blender_settings(api_container, versions_file, mirror, source, install_root, link)
     client = None if version else _client()
-    steps = plan_blender(
-        client, settings, console, version=version, force=force, insecure=insecure, dry_run=dry_run
-    )
+    steps = plan_blender(client, settings, console, version=version, force=force, insecure=insecure, dry_run=dry_run)
     report(console, run_steps(console, steps, dry_run=dry_run, heading="Plan: blender"), dry_run=dry_run)
 
 
@@ -230,17 +223,54 @@ def worker(c: Context, queues: str = "pq,sq", burst: bool = False) -> None:
 
 @task(
     help={
-        "user": "the user's email",
-        "amount": "credits to add (a positive integer)",
+        "user": "the user's email (created if new)",
+        "amount": "credits to add (a positive whole number)",
+        "database_url": "another database than the stack's (refused unless local, or with --force)",
         "force": "allow a database that is not the local dev stack",
     }
 )
 @edge
-def seed_credits(c: Context, user: str = "dev@example.com", amount: str = "100", force: bool = False) -> None:
+def seed_credits(
+    c: Context, user: str = "dev@example.com", amount: str = "100", database_url: str | None = None, force: bool = False
+) -> None:
     """Give a dev user credits so HD renders can be requested; prints the new balance."""
     from provisioner.credits import seed_credits as seed
 
-    seed(_settings(), _console(), user=user, amount=amount, force=force)
+    seed(_settings(database_url=database_url), _console(), user=user, amount=amount, force=force)
+
+
+@task(
+    help={
+        "quality": "preview (free, 640x360) or hd (1920x1080, costs credits)",
+        "scene": "scene JSON file (default: the furnished-room example)",
+        "user": "the user's email",
+        "out": "where to write the PNG (default ./render-<mjid>.png)",
+        "timeout": "seconds to wait for a worker to finish it",
+    }
+)
+@edge
+def render(
+    c: Context,
+    quality: str = "preview",
+    scene: str | None = None,
+    user: str = "dev@example.com",
+    out: str | None = None,
+    timeout: float = 900.0,
+) -> None:
+    """Submit a render through the API, wait for a worker, download the image, print the stage timings."""
+    from pathlib import Path
+
+    from provisioner.render_client import render as submit
+
+    submit(
+        _settings(),
+        _console(),
+        quality=quality,
+        scene_path=Path(scene) if scene else None,
+        user=user,
+        out=Path(out) if out else None,
+        timeout=timeout,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

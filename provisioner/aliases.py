@@ -6,6 +6,7 @@ The file holds no password: the Redis one is read from the stack's secrets file 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from provisioner.config import REPO_ROOT, Settings
@@ -90,6 +91,14 @@ def _owned_aliases_file(path: Path) -> bool:
         return False
 
 
+def _writer(path: Path, text: str, mode: int, done: str) -> Callable[[], str]:
+    def apply() -> str:
+        atomic_write_text(path, text, mode=mode)
+        return done
+
+    return apply
+
+
 def plan_aliases(settings: Settings, *, force: bool = False) -> list[Step]:
     steps: list[Step] = []
     path = settings.aliases_file
@@ -110,7 +119,7 @@ def plan_aliases(settings: Settings, *, force: bool = False) -> list[Step]:
                 f"aliases file {path}",
                 StepState.CHANGE,
                 detail,
-                apply=lambda: (atomic_write_text(path, text), detail)[1],
+                apply=_writer(path, text, 0o644, detail),
             )
         )
     block = rc_block(settings)
@@ -127,9 +136,7 @@ def plan_aliases(settings: Settings, *, force: bool = False) -> list[Step]:
                     f"source block in {rc}",
                     StepState.CHANGE,
                     "add the marked block",
-                    apply=lambda rc=rc, new=new, mode=mode: (atomic_write_text(rc, new, mode=mode), "added")[
-                        1
-                    ],
+                    apply=_writer(rc, new, mode, "added"),
                 )
             )
     return steps

@@ -7,6 +7,7 @@ features (no `up --wait`): readiness is waited for through the Docker API (provi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -93,8 +94,28 @@ def compose_env(settings: Settings) -> dict[str, str]:
         RENDERDEV_DB_USER=settings.db_user,
         RENDERDEV_DB_NAME=settings.db_name,
         RENDERDEV_SECRETS_DIR=str(secrets_dir(settings)),
+        RENDERDEV_RENDERS_DIR=str(settings.renders_dir),
+        RENDERDEV_HD_PRICE=str(settings.hd_price),
     )
+    env[CONFIG_HASH_VAR] = config_hash(settings, env)
     return env
+
+
+CONFIG_HASH_VAR = "RENDERDEV_CONFIG_HASH"
+CONFIG_HASH_LABEL = "org.renderdev.config-hash"
+
+
+def config_hash(settings: Settings, env: dict[str, str]) -> str:
+    """A digest of compose.yaml and the variables it reads. Every container carries it as a label, so a
+    changed file or setting shows as a stack to recreate, without asking compose."""
+    h = hashlib.sha256()
+    try:
+        h.update(settings.compose_file.read_bytes())
+    except OSError:
+        pass
+    for key in sorted(env):
+        h.update(f"\0{key}={env[key]}".encode())
+    return h.hexdigest()[:16]
 
 
 def compose_argv(driver: ComposeDriver, settings: Settings, *args: str) -> list[str]:

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     db_name: str = Field("renderfarm", pattern=r"^[a-z_][a-z0-9_]*$")
     db_user: str = Field("renderfarm", pattern=r"^[a-z_][a-z0-9_]*$")
     health_timeout: float = Field(180.0, gt=0)
+    hd_price: int = Field(10, ge=0, description="credits an HD render costs")
+    database_url: str | None = None  # seed-credits: another database than the stack's (needs --force)
 
     # images
     base_image: str = "renderdev/base:bookworm"
@@ -107,6 +109,11 @@ class Settings(BaseSettings):
     @property
     def secrets_file(self) -> Path:
         return self.project_state_dir / "secrets.env"
+
+    @property
+    def renders_dir(self) -> Path:
+        """Where host workers write images; the api container mounts it read-only to serve them."""
+        return self.project_state_dir / "renders"
 
     @property
     def compose_file(self) -> Path:

@@ -71,6 +71,7 @@ class ServiceState:
     status: str  # Docker's State.Status, or "missing"
     health: str | None  # "starting", "healthy", "unhealthy"; None without a healthcheck
     current_image: bool  # made from the image the tag names now
+    current_config: bool = True  # made from today's compose.yaml and settings
 
     @property
     def ready(self) -> bool:
@@ -78,7 +79,7 @@ class ServiceState:
 
     @property
     def ok(self) -> bool:
-        return self.ready and self.current_image
+        return self.ready and self.current_image and self.current_config
 
     def describe(self) -> str:
         if self.container is None:
@@ -86,6 +87,8 @@ class ServiceState:
         text = self.status if self.health is None else f"{self.status}, {self.health}"
         if not self.current_image:
             text += ", made from an older image"
+        if not self.current_config:
+            text += ", made from an older compose file or settings"
         return f"{text} ({self.container})"
 
 
@@ -99,12 +102,14 @@ def service_state(client: docker.DockerClient, settings: Settings, service: str)
         return ServiceState(service, None, "missing", None, False)
     state = _state_of(c)
     image = find_image(client, settings.image(service))
+    wanted_config = compose.compose_env(settings)[compose.CONFIG_HASH_VAR]
     return ServiceState(
         service=service,
         container=c.name,
         status=str(state.get("Status", "unknown")),
         health=(state.get("Health") or {}).get("Status"),
         current_image=image is not None and c.attrs.get("Image") == image.id,
+        current_config=c.labels.get(compose.CONFIG_HASH_LABEL) == wanted_config,
     )
 
 
@@ -163,6 +168,8 @@ def bring_up(client: docker.DockerClient, settings: Settings, *, force_recreate:
     if missing:
         raise DockerError(f"image(s) not built yet: {', '.join(missing)}", hint="invoke images")
     driver = compose.detect_driver()
+    settings.renders_dir.mkdir(parents=True, exist_ok=True)
+    settings.renders_dir.chmod(0o755)  # the api container's non-root user reads the images from here
     started = time.monotonic()
     compose.up(settings, driver=driver, force_recreate=force_recreate)
     wait_healthy(client, settings, started + settings.health_timeout)

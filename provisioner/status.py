@@ -52,9 +52,7 @@ def show_status(checks: list[Check], console: Console, *, as_json: bool) -> bool
     for col in ("check", "state", "", "fix"):
         table.add_column(col)
     for c in checks:
-        table.add_row(
-            c.name, c.state, "[green]ok[/green]" if c.ok else "[red]WRONG[/red]", "" if c.ok else c.fix
-        )
+        table.add_row(c.name, c.state, "[green]ok[/green]" if c.ok else "[red]WRONG[/red]", "" if c.ok else c.fix)
     console.print(table)
     console.print("[green]All good.[/green]" if ok else "[red]Something is wrong: run the fix shown.[/red]")
     return ok

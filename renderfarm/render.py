@@ -71,7 +71,7 @@ class RenderProfile:
 DEFAULT_PROFILES: Mapping[Quality, RenderProfile] = MappingProxyType(
     {
         Quality.PREVIEW: RenderProfile(width=640, height=360, samples=16),
-        Quality.HD: RenderProfile(width=1920, height=1080, samples=64),
+        Quality.HD: RenderProfile(width=1920, height=1080, samples=32),
     }
 )
 SAMPLES_ENV: Mapping[Quality, str] = MappingProxyType(

@@ -77,9 +77,7 @@ def test_invoke_setup_end_to_end(docker_client, project_images, tmp_path: Path, 
 
     dry = _invoke(env, "setup", "--dry-run")
     assert "Dry run" in dry.stdout
-    assert not docker_client.containers.list(
-        all=True, filters={"label": f"com.docker.compose.project={project}"}
-    )
+    assert not docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
     assert not link.exists() and not link.is_symlink()
 
     first = _invoke(env, "setup")
@@ -132,9 +130,7 @@ def test_invoke_setup_end_to_end(docker_client, project_images, tmp_path: Path, 
     assert report["ok"] is True, report
 
     _invoke(env, "down", "--all")
-    assert not docker_client.containers.list(
-        all=True, filters={"label": f"com.docker.compose.project={project}"}
-    )
+    assert not docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
     assert not link.is_symlink()
     assert (home / ".bashrc").read_text() == "# user's own\n"
     status = _invoke(env, "status", "--json", check=False)

@@ -11,7 +11,7 @@ from renderfarm.render import DEFAULT_PROFILES, Quality, RenderProfile, profile_
 def test_defaults() -> None:
     profiles = profiles_from_env({})
     assert profiles[Quality.PREVIEW] == RenderProfile(width=640, height=360, samples=16)
-    assert profiles[Quality.HD] == RenderProfile(width=1920, height=1080, samples=64)
+    assert profiles[Quality.HD] == RenderProfile(width=1920, height=1080, samples=32)
     assert profiles == dict(DEFAULT_PROFILES)
 
 
@@ -36,7 +36,7 @@ def test_environment_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> No
 def test_explicit_mapping_wins_over_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RENDERFARM_HD_SAMPLES", "2")
     assert profile_for("hd", {"RENDERFARM_HD_SAMPLES": "32"}).samples == 32
-    assert profile_for("hd", {}).samples == 64
+    assert profile_for("hd", {}).samples == 32
 
 
 def test_blank_value_means_default() -> None:

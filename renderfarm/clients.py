@@ -1,0 +1,37 @@
+"""Redis and Postgres clients for the API and the worker, made from ServiceSettings when asked for."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+
+from renderfarm.settings import ServiceSettings
+
+CONNECT_TIMEOUT = 3.0  # seconds: a request or health check must answer quickly, even when a service is down
+
+
+def make_redis(settings: ServiceSettings, *, socket_timeout: float | None = CONNECT_TIMEOUT) -> redis.Redis:
+    return redis.Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        db=settings.redis_db,
+        password=settings.redis_password(),
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=socket_timeout,
+        # One quick retry, not redis-py's default of several with backoff: answering within the
+        # caller's own timeout matters more than riding out a blip.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+    )
+
+
+def make_engine(settings: ServiceSettings) -> Engine:
+    return create_engine(
+        settings.db_url(),
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        connect_args={"connect_timeout": int(CONNECT_TIMEOUT)},
+    )

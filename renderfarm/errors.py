@@ -1,0 +1,69 @@
+"""The render system's one root exception and its subclasses; the HTTP handler maps them to statuses."""
+
+from __future__ import annotations
+
+
+class RenderfarmError(Exception):
+    """Root of every error the render system reports."""
+
+
+class NoSuchJob(RenderfarmError):
+    def __init__(self, mjid: str) -> None:
+        self.mjid = mjid
+        super().__init__(f"no such job: {mjid}")
+
+
+class UnknownUser(RenderfarmError):
+    def __init__(self, email: str) -> None:
+        self.email = email
+        super().__init__(
+            f"unknown user: {email} (give them credits first: invoke seed-credits --user {email} --amount 100)"
+        )
+
+
+class InsufficientCredits(RenderfarmError):
+    def __init__(self, email: str, balance: int, price: int) -> None:
+        self.email, self.balance, self.price = email, balance, price
+        super().__init__(
+            f"not enough credits for an HD render: {email} has {balance}, the price is {price}"
+            f" (add some: invoke seed-credits --user {email} --amount {price})"
+        )
+
+
+class InvalidTransition(RenderfarmError):
+    def __init__(self, mjid: str, old: str, new: str) -> None:
+        self.mjid, self.old, self.new = mjid, old, new
+        super().__init__(f"job {mjid} cannot go from {old} to {new}")
+
+
+class ImageNotReady(RenderfarmError):
+    def __init__(self, mjid: str, state: str) -> None:
+        self.mjid, self.state = mjid, state
+        super().__init__(f"the image of job {mjid} is not ready: the job is {state}")
+
+
+class ServiceUnavailable(RenderfarmError):
+    """Redis or Postgres does not answer."""
+
+
+class RenderConfigError(RenderfarmError):
+    """A render setting (e.g. RENDERFARM_HD_SAMPLES) has a value we cannot use."""
+
+
+class BlenderRenderError(RenderfarmError):
+    """Blender failed to render a scene: carries the command, its exit code and the tail of its output.
+
+    `returncode` is Blender's exit code (negative: killed by that signal; None: it never started).
+    `reason` is the one useful line (e.g. the scene script's exception message); it opens the message.
+    """
+
+    def __init__(self, argv: list[str], returncode: int | None, output_tail: str, *, reason: str) -> None:
+        self.argv = [str(a) for a in argv]
+        self.returncode = returncode
+        self.output_tail = output_tail
+        self.reason = reason
+        code = "did not start" if returncode is None else f"exit {returncode}"
+        msg = f"blender render failed ({code}): {reason}\n  command: {' '.join(self.argv)}"
+        if output_tail.strip():
+            msg += "\n" + "\n".join("  | " + line for line in output_tail.rstrip().splitlines())
+        super().__init__(msg)

@@ -1,0 +1,51 @@
+"""Job states, queue names and Redis keys: defined here and nowhere else."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+PREFIX = "renderfarm"
+
+
+class QueueName(StrEnum):
+    PREEMPTIBLE = "pq"  # a fresh job goes here first
+    STANDARD = "sq"  # a job whose preemptible worker was lost is retried here
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.FINISHED, JobState.FAILED)
+
+
+# Which state may follow which. A started job may be queued again (retried on sq after preemption).
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.STARTED, JobState.FAILED}),
+    JobState.STARTED: frozenset({JobState.FINISHED, JobState.FAILED, JobState.QUEUED}),
+    JobState.FINISHED: frozenset(),
+    JobState.FAILED: frozenset(),
+}
+
+
+def can_move(old: JobState, new: JobState) -> bool:
+    return new in TRANSITIONS[old]
+
+
+def mq_key(mjid: str) -> str:
+    """The manager's ledger entry for one job (a Redis hash)."""
+    return f"{PREFIX}:mq:{mjid}"
+
+
+def mq_index_key() -> str:
+    """Every mjid the manager knows, scored by creation time (a Redis sorted set)."""
+    return f"{PREFIX}:mq"
+
+
+def attempts_key(mjid: str) -> str:
+    """The job's attempt history (a Redis list of JSON records)."""
+    return f"{PREFIX}:mq:{mjid}:attempts"
