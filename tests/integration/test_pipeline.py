@@ -1,0 +1,329 @@
+"""The render pipeline end to end: the API in its container, Redis, Postgres, host workers, real Blender.
+
+One isolated compose project (own name, ports, state folder) serves the whole module; workers run as
+`invoke worker --burst` subprocesses, as a developer runs them, with samples lowered so renders are quick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from docker import DockerClient
+from sqlalchemy import create_engine, text
+
+from provisioner.config import Settings, load_settings
+from provisioner.console import make_console
+from provisioner.plan import apply_steps
+from provisioner.services import api_url, db_url, down, plan_services, redis_url
+from renderfarm.examples import example_scene_path
+from renderfarm.keys import mq_index_key, mq_key
+from renderfarm.render import png_size
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = {"RENDERFARM_PREVIEW_SAMPLES": "2", "RENDERFARM_HD_SAMPLES": "1"}
+
+
+@pytest.fixture(scope="module")
+def stack(
+    docker_client: DockerClient, project_images: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    tmp = tmp_path_factory.mktemp("pipeline")
+    settings = load_settings(
+        project=f"rdpipe-{uuid.uuid4().hex[:8]}",
+        state_dir=tmp / "state",
+        redis_port=free_port(),
+        db_port=free_port(),
+        api_port=free_port(),
+        blender_link=tmp / "bin" / "blender",  # absent: the worker uses `blender` from PATH
+        hd_price=10,
+    )
+    try:
+        apply_steps(make_console(), plan_services(docker_client, settings), dry_run=False)
+        yield settings
+    finally:
+        down(docker_client, settings, volumes=True)
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        RENDERDEV_PROJECT=settings.project,
+        RENDERDEV_STATE_DIR=str(settings.state_dir),
+        RENDERDEV_REDIS_PORT=str(settings.redis_port),
+        RENDERDEV_DB_PORT=str(settings.db_port),
+        RENDERDEV_API_PORT=str(settings.api_port),
+        RENDERDEV_BLENDER_LINK=str(settings.blender_link),
+        **SAMPLES,
+        **extra,
+    )
+    return env
+
+
+def invoke(settings: Settings, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=REPO,
+        env=env_for(settings, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_worker(settings: Settings, queues: str = "pq,sq") -> str:
+    proc = invoke(settings, "worker", "--burst", "--queues", queues)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def api(stack: Settings) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url(stack), timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def r(stack: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url(stack))
+    yield client
+    client.close()
+
+
+def seed(settings: Settings, user: str, amount: int) -> None:
+    proc = invoke(settings, "seed-credits", "--user", user, "--amount", str(amount))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def new_user(settings: Settings, credits: int = 0) -> str:
+    user = f"u{uuid.uuid4().hex[:10]}@example.com"
+    if credits:
+        seed(settings, user, credits)
+    return user
+
+
+def example_scene() -> dict[str, Any]:
+    return json.loads(example_scene_path().read_text())
+
+
+def small_scene(**camera: Any) -> dict[str, Any]:
+    scene = example_scene()
+    scene["objects"] = scene["objects"][:5]
+    scene["camera"].update(camera)
+    return scene
+
+
+def balance(api: httpx.Client, user: str) -> int:
+    resp = api.get(f"/users/{user}/credits")
+    assert resp.status_code == 200, resp.text
+    return int(resp.json()["balance"])
+
+
+def queue_ids(r: redis.Redis, name: str) -> list[str]:
+    return [x.decode() for x in r.lrange(f"rq:queue:{name}", 0, -1)]
+
+
+def ledger(settings: Settings, mjid: str) -> list[tuple[str, int]]:
+    engine = create_engine(db_url(settings))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT reason, amount FROM credit_entries WHERE mjid = :m ORDER BY id"), {"m": mjid}
+            ).all()
+        return [(str(a), int(b)) for a, b in rows]
+    finally:
+        engine.dispose()
+
+
+def wait_state(api: httpx.Client, mjid: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = api.get(f"/renders/{mjid}").json()
+        if job["state"] in states or time.monotonic() > deadline:
+            return job
+        time.sleep(0.2)
+
+
+def test_openapi_schema_is_served(api: httpx.Client) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    assert {"/renders", "/renders/{mjid}", "/renders/{mjid}/image", "/users/{email}/credits"} <= set(paths)
+
+
+def test_preview_goes_to_pq_then_a_worker_renders_a_640x360_png(
+    stack: Settings, api: httpx.Client, r: redis.Redis
+) -> None:
+    user = new_user(stack, credits=1)
+    resp = api.post("/renders", json={"user": user, "quality": "preview", "scene": example_scene()})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    mjid = body["mjid"]
+    assert body["queue"] == "pq" and body["status"] == "queued"
+    assert mjid in queue_ids(r, "pq") and mjid not in queue_ids(r, "sq")
+    assert r.zscore(mq_index_key(), mjid) is not None and r.hget(mq_key(mjid), "state") == b"queued"
+
+    early = api.get(f"/renders/{mjid}/image")
+    assert early.status_code == 409 and early.json()["state"] == "queued"
+
+    run_worker(stack, "pq")
+    job = api.get(f"/renders/{mjid}").json()
+    assert job["state"] == "finished", job
+    assert job["queue"] == "pq" and job["attempts"] == 1 and job["quality"] == "preview"
+    assert job["image_url"] == f"/renders/{mjid}/image"
+    img = api.get(job["image_url"])
+    assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+    out = stack.state_dir / "dl.png"
+    out.write_bytes(img.content)
+    assert png_size(out) == (640, 360)
+    assert balance(api, user) == 1  # a preview is free
+
+
+def test_hd_with_credits_renders_1920x1080_and_charges_exactly_once(stack: Settings, api: httpx.Client) -> None:
+    user = new_user(stack, credits=25)
+    resp = api.post("/renders", json={"user": user, "quality": "hd", "scene": small_scene()})
+    assert resp.status_code == 202, resp.text
+    mjid = resp.json()["mjid"]
+    assert balance(api, user) == 15
+    run_worker(stack)
+    job = api.get(f"/renders/{mjid}").json()
+    assert job["state"] == "finished", job
+    out = stack.state_dir / "hd.png"
+    out.write_bytes(api.get(f"/renders/{mjid}/image").content)
+    assert png_size(out) == (1920, 1080)
+    assert balance(api, user) == 15
+    assert ledger(stack, mjid) == [("charge", -10)]
+
+
+def test_hd_without_enough_credits_is_402_and_changes_nothing(
+    stack: Settings, api: httpx.Client, r: redis.Redis
+) -> None:
+    user = new_user(stack, credits=9)
+    before = (queue_ids(r, "pq"), queue_ids(r, "sq"), r.zcard(mq_index_key()))
+    resp = api.post("/renders", json={"user": user, "quality": "hd", "scene": small_scene()})
+    assert resp.status_code == 402, resp.text
+    body = resp.json()
+    assert body["balance"] == 9 and body["price"] == 10
+    assert "9" in body["detail"] and "10" in body["detail"] and "seed-credits" in body["detail"]
+    assert (queue_ids(r, "pq"), queue_ids(r, "sq"), r.zcard(mq_index_key())) == before
+    assert balance(api, user) == 9
+
+
+def test_unknown_user_is_404_with_the_seed_credits_hint(api: httpx.Client) -> None:
+    resp = api.post("/renders", json={"user": "nobody@example.com", "quality": "preview", "scene": small_scene()})
+    assert resp.status_code == 404
+    assert "invoke seed-credits" in resp.json()["detail"]
+    assert api.get("/users/nobody@example.com/credits").status_code == 404
+
+
+def test_unknown_mjid_is_404_no_such_job(api: httpx.Client) -> None:
+    for path in ("/renders/not-a-job", "/renders/not-a-job/image"):
+        resp = api.get(path)
+        assert resp.status_code == 404
+        assert resp.json()["detail"] == "no such job: not-a-job"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda b: b.update(quality="ultra"), "quality"),
+        (lambda b: b["scene"]["camera"].update(lens=1), "lens"),
+        (lambda b: b["scene"]["objects"][0].update(size=[-1, 1, 1]), "size"),
+        (lambda b: b["scene"].update(unexpected=True), "unexpected"),
+        (lambda b: b.update(user="not an email"), "user"),
+    ],
+)
+def test_bad_request_is_422_naming_the_field(
+    stack: Settings, api: httpx.Client, r: redis.Redis, change: Any, field: str
+) -> None:
+    user = new_user(stack, credits=1)
+    body = {"user": user, "quality": "preview", "scene": small_scene()}
+    change(body)
+    before = r.zcard(mq_index_key())
+    resp = api.post("/renders", json=body)
+    assert resp.status_code == 422, resp.text
+    assert any(field in map(str, d["loc"]) for d in resp.json()["detail"]), resp.json()
+    assert r.zcard(mq_index_key()) == before
+
+
+def test_non_json_body_is_422(api: httpx.Client) -> None:
+    resp = api.post("/renders", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+
+
+def test_blender_failure_marks_failed_with_blenders_error_and_refunds_once(stack: Settings, api: httpx.Client) -> None:
+    user = new_user(stack, credits=10)
+    scene = small_scene(position=[1.0, 1.0, 1.5], target=[1.0, 1.0, 1.5])
+    resp = api.post("/renders", json={"user": user, "quality": "hd", "scene": scene})
+    assert resp.status_code == 202, resp.text
+    mjid = resp.json()["mjid"]
+    assert balance(api, user) == 0
+    run_worker(stack)
+    job = api.get(f"/renders/{mjid}").json()
+    assert job["state"] == "failed"
+    assert "camera target equals camera position" in job["error"]
+    assert "exit 1" in job["error"]
+    assert balance(api, user) == 10
+    assert ledger(stack, mjid) == [("charge", -10), ("refund", 10)]
+    assert api.get(f"/renders/{mjid}/image").status_code == 409
+
+
+def test_seed_credits_changes_the_balance_the_api_reports(stack: Settings, api: httpx.Client) -> None:
+    user = new_user(stack)
+    seed(stack, user, 7)
+    assert balance(api, user) == 7
+    seed(stack, user, 5)
+    assert balance(api, user) == 12
+    for bad in ("-5", "2.5", "ten", "0"):
+        proc = invoke(stack, "seed-credits", "--user", user, "--amount", bad)
+        assert proc.returncode == 1, proc.stdout
+        assert "credits must be" in proc.stderr and bad.lstrip("-") in proc.stderr
+    remote = "postgresql+psycopg://u:p@db.example.com:5432/prod"
+    proc = invoke(stack, "seed-credits", "--user", user, "--amount", "5", "--database-url", remote)
+    assert proc.returncode == 1 and "not the local dev stack" in proc.stderr and "--force" in proc.stderr
+    assert balance(api, user) == 12
+
+
+def test_invoke_render_hd_smoke_test_writes_a_1920x1080_png(stack: Settings, api: httpx.Client, r: redis.Redis) -> None:
+    user = new_user(stack, credits=10)
+    out = stack.state_dir / "smoke.png"
+    render = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "invoke",
+            "render",
+            "--quality",
+            "hd",
+            "--user",
+            user,
+            "--out",
+            str(out),
+            "--timeout",
+            "300",
+        ],
+        cwd=REPO,
+        env=env_for(stack),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not queue_ids(r, "pq") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run_worker(stack, "pq")
+    stdout, stderr = render.communicate(timeout=300)
+    assert render.returncode == 0, stdout + stderr
+    assert str(out) in stdout and "render" in stdout and "download" in stdout
+    assert png_size(out) == (1920, 1080)
+    assert balance(api, user) == 0
