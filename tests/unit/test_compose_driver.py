@@ -91,8 +91,17 @@ def test_compose_env_and_argv(tmp_path: Path) -> None:
         "RENDERDEV_DB_USER": "renderfarm",
         "RENDERDEV_DB_NAME": "renderfarm",
         "RENDERDEV_SECRETS_DIR": str(tmp_path / "state" / "rdunit" / "secrets"),
+        "RENDERDEV_RENDERS_DIR": str(tmp_path / "state" / "rdunit" / "renders"),
+        "RENDERDEV_HD_PRICE": "10",
+        "RENDERDEV_CONFIG_HASH": env["RENDERDEV_CONFIG_HASH"],
     }
     assert compose_env(settings) == env  # pure
+    other = compose_env(
+        load_settings(
+            project="rdunit", state_dir=tmp_path / "state", redis_port=7001, db_port=7002, api_port=7003, hd_price=11
+        )
+    )
+    assert other["RENDERDEV_CONFIG_HASH"] != env["RENDERDEV_CONFIG_HASH"]  # a changed setting shows
     driver = ComposeDriver(("/usr/bin/docker", "compose"), "2.26.1")
     assert compose_argv(driver, settings, "up", "-d") == [
         "/usr/bin/docker",
