@@ -96,6 +96,9 @@ def compose_env(settings: Settings) -> dict[str, str]:
         RENDERDEV_SECRETS_DIR=str(secrets_dir(settings)),
         RENDERDEV_RENDERS_DIR=str(settings.renders_dir),
         RENDERDEV_HD_PRICE=str(settings.hd_price),
+        RENDERDEV_HEARTBEAT_TTL=str(settings.heartbeat_ttl),
+        RENDERDEV_REAP_INTERVAL=str(settings.reap_interval),
+        RENDERDEV_MAX_LOST=str(settings.max_lost),
     )
     env[CONFIG_HASH_VAR] = config_hash(settings, env)
     return env

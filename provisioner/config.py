@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     db_user: str = Field("renderfarm", pattern=r"^[a-z_][a-z0-9_]*$")
     health_timeout: float = Field(180.0, gt=0)
     hd_price: int = Field(10, ge=0, description="credits an HD render costs")
+    heartbeat_ttl: float = Field(20.0, ge=1, le=3600, description="seconds a silent render worker counts as alive")
+    reap_interval: float = Field(5.0, ge=0.1, le=3600, description="seconds between looks for lost workers")
+    max_lost: int = Field(2, ge=0, le=100, description="times a job may lose its worker before it fails")
+    preemption_url: str | None = None  # cloud metadata endpoint a worker watches for a preemption notice
+    preemption_poll: float = Field(5.0, gt=0, le=3600)
     database_url: str | None = None  # seed-credits: another database than the stack's (needs --force)
 
     # images
@@ -130,12 +135,24 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**given)
     except ValidationError as exc:
         problems = []
+        origins: list[str] = []
         for err in exc.errors():
             key = ".".join(str(p) for p in err["loc"]) or "(settings)"
-            problems.append(f"{key}={err.get('input')!r}: {err['msg']}")
+            origin = _origin(str(err["loc"][0]) if err["loc"] else "", given)
+            origins.append(origin)
+            problems.append(f"{key}={err.get('input')!r} (from {origin}): {err['msg']}")
         raise ConfigError(
             "invalid renderdev setting: " + "; ".join(problems),
-            hint=f"fix it in {_project_file()} or the RENDERDEV_* environment variable, see README 'Configuration'",
+            hint=f"fix {' and '.join(dict.fromkeys(origins))}, see README 'Configuration'",
         ) from exc
     except (OSError, ValueError) as exc:  # e.g. a project file that is not TOML
         raise ConfigError(f"cannot read renderdev settings from {_project_file()}: {exc}") from exc
+
+
+def _origin(key: str, given: dict[str, Any]) -> str:
+    """Where a setting's value came from, in words a user can act on: the option, the variable or the file."""
+    if key in given:
+        return "the task's option"
+    if f"RENDERDEV_{key.upper()}" in os.environ:
+        return f"RENDERDEV_{key.upper()}"
+    return str(_project_file())

@@ -3,20 +3,33 @@
 The job function (renderfarm.work.render_job) runs in rq's work horse and reads RENDERFARM_* variables
 at call time; this module sets them from renderdev's settings, so the host worker and the api container
 agree on where everything is.
+
+Stopping: SIGTERM or Ctrl+C (what a cloud VM's shutdown sends, or the preemption watcher raises) stops
+Blender at once and puts the job on sq, recorded as preempted; then the worker exits. rq's HerokuWorker
+does the signalling (the horse ignores SIGTERM and is told with SIGRTMIN); we make the notice immediate.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import signal
 import socket
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner.config import Settings
 from provisioner.errors import ConfigError, RenderdevError
 from provisioner.secrets import secret_path
 
+if TYPE_CHECKING:
+    from renderfarm.jobs import JobManager
+
 QUEUES = ("pq", "sq")
+log = logging.getLogger("renderdev.worker")
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -32,6 +45,9 @@ def worker_environment(settings: Settings) -> dict[str, str]:
         "RENDERFARM_DB_PASSWORD_FILE": str(secret_path(settings, "db_password")),
         "RENDERFARM_RENDERS_DIR": str(settings.renders_dir),
         "RENDERFARM_BLENDER": blender_command(settings),
+        "RENDERFARM_HEARTBEAT_TTL": str(settings.heartbeat_ttl),
+        "RENDERFARM_REAP_INTERVAL": str(settings.reap_interval),
+        "RENDERFARM_MAX_LOST": str(settings.max_lost),
     }
 
 
@@ -57,12 +73,67 @@ def worker_name(queues: list[str]) -> str:
     return f"{socket.gethostname()}-{kind}-{os.getpid()}"
 
 
+def preemption_notice(status: int, body: str) -> bool:
+    """GCP's instance/preempted answers TRUE; AWS's spot/instance-action answers 200 with an action (404 before)."""
+    if status != 200:
+        return False
+    text = body.strip()
+    if text.upper() == "TRUE":
+        return True
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and bool(data.get("action"))
+
+
+class PreemptionWatcher(threading.Thread):
+    """Polls the cloud metadata endpoint; on a notice, sends this process SIGTERM (the same drain)."""
+
+    def __init__(self, url: str, poll: float) -> None:
+        super().__init__(name="preemption-watcher", daemon=True)
+        self.url, self.poll = url, poll
+        self.stopped = threading.Event()
+        self.noticed = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=min(self.poll, 5.0), headers={"Metadata-Flavor": "Google"}) as http:
+            while not self.stopped.is_set():
+                try:
+                    resp = http.get(self.url)
+                    if preemption_notice(resp.status_code, resp.text):
+                        log.warning("preemption notice from %s: draining", self.url)
+                        self.noticed.set()
+                        os.kill(os.getpid(), signal.SIGTERM)
+                        return
+                except httpx.HTTPError as exc:
+                    log.debug("preemption endpoint %s: %s", self.url, exc)
+                self.stopped.wait(self.poll)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def _manager(settings: Settings) -> JobManager:
+    from renderfarm.settings import Reliability, ServiceSettings
+    from renderfarm.work import job_manager
+
+    env = worker_environment(settings)
+    return job_manager(ServiceSettings.from_env(env), Reliability.from_env(env))
+
+
 def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) -> None:
     """Serve the queues until stopped (or, with burst, until they are empty)."""
-    from rq import Queue, Worker
+    from rq import Queue
+    from rq.worker import HerokuWorker
 
-    from renderfarm.clients import make_redis
-    from renderfarm.settings import ServiceSettings
+    from renderfarm.reaper import Reaper
+    from renderfarm.work import close
+
+    class RenderWorker(HerokuWorker):
+        imminent_shutdown_delay = 0  # the notice stops Blender and requeues the job at once
 
     names = parse_queues(queues)
     if not settings.secrets_file.exists():
@@ -74,16 +145,28 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
         raise RenderdevError(
             f"no Blender: {settings.blender_link} is missing and none is on PATH", hint="invoke blender"
         )
-    env = worker_environment(settings)
-    os.environ.update(env)  # read by the job function in the work horse, at call time
-    redis = make_redis(ServiceSettings.from_env(env), socket_timeout=None)
+    os.environ.update(worker_environment(settings))  # read by the job function in the work horse, at call time
+    manager = _manager(settings)
     try:
-        redis.ping()
+        manager.redis.ping()
     except Exception as exc:  # noqa: BLE001 - any failure to reach Redis gets the same advice
+        close(manager)
         raise RenderdevError(
             f"the stack's Redis at {settings.bind_host}:{settings.redis_port} does not answer ({exc})",
             hint="invoke services",
         ) from exc
     Path(settings.renders_dir).mkdir(parents=True, exist_ok=True)
-    worker = Worker([Queue(q, connection=redis) for q in names], connection=redis, name=worker_name(names))
-    worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
+    helpers: list[Reaper | PreemptionWatcher] = [Reaper(manager, settings.reap_interval)]
+    if settings.preemption_url:
+        helpers.append(PreemptionWatcher(settings.preemption_url, settings.preemption_poll))
+    for h in helpers:
+        h.start()
+    try:
+        worker = RenderWorker(
+            [Queue(q, connection=manager.redis) for q in names], connection=manager.redis, name=worker_name(names)
+        )
+        worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
+    finally:
+        for h in helpers:
+            h.stop()
+        close(manager)

@@ -25,9 +25,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from renderfarm import migrate
 from renderfarm.clients import make_engine, make_redis
+from renderfarm.credits import EMAIL
 from renderfarm.db import make_sessionmaker
 from renderfarm.errors import (
     ImageNotReady,
@@ -38,18 +42,48 @@ from renderfarm.errors import (
 )
 from renderfarm.jobs import JobManager, JobView
 from renderfarm.keys import JobState
+from renderfarm.reaper import Reaper
 from renderfarm.render import Quality
 from renderfarm.scene import Scene
-from renderfarm.settings import ServiceSettings
+from renderfarm.settings import Reliability, ServiceSettings
 
 log = logging.getLogger("renderfarm.api")
 MAX_BODY = 1_000_000  # bytes: a scene is a few KB; anything this big is a mistake or an attack
-EMAIL = r"^[^@\s/]+@[^@\s/]+\.[^@\s/]+$"
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes with 413: at once when its Content-Length says so, else as it
+    streams in (a chunked body declares no length). The endpoint never sees a refused body."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app = app
+        self.limit = limit
+        self.detail = f"request body too large: over {limit} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self.detail)  # FastAPI passes it on from its body reading
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class RenderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str = Field(pattern=EMAIL, max_length=320, description="the user's email")
+    user: str = Field(pattern=EMAIL.pattern, max_length=320, description="the user's email")
     quality: Quality
     scene: Scene
 
@@ -146,7 +180,14 @@ def create_app(
     r = redis_client if redis_client is not None else make_redis(cfg)
     eng = engine if engine is not None else make_engine(cfg)
     schema = Schema(eng)
-    manager = JobManager(r, make_sessionmaker(eng), prices={"preview": 0, "hd": hd_price()})
+    reliability = Reliability.from_env()
+    manager = JobManager(
+        r,
+        make_sessionmaker(eng),
+        prices={"preview": 0, "hd": hd_price()},
+        heartbeat_ttl=reliability.heartbeat_ttl,
+        max_lost=reliability.max_lost,
+    )
     images = renders_dir()
 
     @asynccontextmanager
@@ -155,9 +196,12 @@ def create_app(
             schema.ensure()
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
             log.warning("database not reachable at start-up, will migrate on first use: %s", exc)
+        reaper = Reaper(manager, reliability.reap_interval)
+        reaper.start()
         try:
             yield
         finally:
+            reaper.stop()
             r.close()
             eng.dispose()
 
@@ -168,12 +212,7 @@ def create_app(
     app.state.schema = schema
     app.state.manager = manager
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return JSONResponse({"detail": f"request body too large: over {MAX_BODY} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
 
     @app.post("/renders", status_code=202, response_model=Accepted)
     def post_render(body: RenderRequest, jm: Manager) -> Accepted:

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from renderfarm.db import CreditEntry, User, balance, find_user
 from renderfarm.errors import RenderfarmError
 
-EMAIL = re.compile(r"^[^@\s/]+@[^@\s/]+\.[^@\s/]+$")
+# Letters, digits and ._%+- before the @, a dotted domain after it: no quotes, spaces, slashes or shell
+# metacharacters ($ ` ; | & < > ( ) \), even where RFC 5322 would allow them.
+EMAIL = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_GRANT = 1_000_000
 
 

@@ -36,6 +36,14 @@ class InvalidTransition(RenderfarmError):
         super().__init__(f"job {mjid} cannot go from {old} to {new}")
 
 
+class StaleAttempt(RenderfarmError):
+    """A worker acted on an attempt that is no longer the job's current one (it was presumed lost)."""
+
+    def __init__(self, mjid: str, attempt: int, current: int) -> None:
+        self.mjid, self.attempt, self.current = mjid, attempt, current
+        super().__init__(f"job {mjid}: attempt {attempt} is stale (the job is on attempt {current})")
+
+
 class ImageNotReady(RenderfarmError):
     def __init__(self, mjid: str, state: str) -> None:
         self.mjid, self.state = mjid, state

@@ -16,6 +16,7 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import WatchError
 from rq import Queue
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -26,9 +27,19 @@ from renderfarm.errors import (
     InsufficientCredits,
     InvalidTransition,
     NoSuchJob,
+    StaleAttempt,
     UnknownUser,
 )
-from renderfarm.keys import JobState, QueueName, attempts_key, can_move, mq_index_key, mq_key
+from renderfarm.keys import (
+    JobState,
+    QueueName,
+    attempts_key,
+    can_move,
+    heartbeat_key,
+    mq_index_key,
+    mq_key,
+    started_key,
+)
 
 RENDER_FUNC = "renderfarm.work.render_job"  # imported by the worker only: the API never loads Blender code
 JOB_TIMEOUT = 3600
@@ -79,11 +90,15 @@ class JobManager:
         *,
         prices: dict[str, int] | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        heartbeat_ttl: float = 20.0,
+        max_lost: int = 2,
     ) -> None:
         self.redis = redis
         self.sessions = sessions
         self.prices = prices if prices is not None else {"preview": 0, "hd": 10}
         self.new_id = new_id
+        self.heartbeat_ttl = heartbeat_ttl
+        self.max_lost = max_lost
 
     # -- reading -------------------------------------------------------------------------------------------
     def get(self, mjid: str) -> JobView:
@@ -156,7 +171,11 @@ class JobManager:
         )
 
     # -- worker side ---------------------------------------------------------------------------------------
-    def mark_started(self, mjid: str, worker: str) -> JobView:
+    # Every change after "started" names the attempt it belongs to (a fencing token): a worker that was
+    # presumed lost and comes back cannot finish, fail or requeue a job that has moved on without it.
+    def mark_started(self, mjid: str, worker: str, *, heartbeat_ttl: float | None = None) -> JobView:
+        ttl = heartbeat_ttl or self.heartbeat_ttl
+
         def change(h: dict[str, str], pipe: Pipeline) -> None:
             n = int(h.get("attempts", 0)) + 1
             now = _now()
@@ -165,47 +184,92 @@ class JobManager:
                 mapping={"state": JobState.STARTED.value, "attempts": str(n), "started_at": now, "worker": worker},
             )
             pipe.rpush(
-                attempts_key(mjid), json.dumps({"attempt": n, "queue": h["queue"], "worker": worker, "started_at": now})
+                attempts_key(mjid),
+                json.dumps({"attempt": n, "queue": h["queue"], "worker": worker, "started_at": now}),
             )
+            pipe.set(heartbeat_key(mjid), str(n), px=int(ttl * 1000))
+            pipe.sadd(started_key(), mjid)
 
         return self._move(mjid, JobState.STARTED, change)
 
-    def mark_finished(self, mjid: str, image: str) -> JobView:
+    def heartbeat(self, mjid: str, attempt: int, *, ttl: float | None = None) -> bool:
+        """Keep the job's heartbeat alive; False when the attempt is no longer the job's current one."""
+        state, attempts = self._decode_list(self.redis.hmget(mq_key(mjid), ["state", "attempts"]))
+        if state != JobState.STARTED or int(attempts or 0) != attempt:
+            return False
+        self.redis.set(heartbeat_key(mjid), str(attempt), px=int((ttl or self.heartbeat_ttl) * 1000))
+        return True
+
+    def mark_finished(self, mjid: str, image: str, *, attempt: int) -> JobView:
         def change(h: dict[str, str], pipe: Pipeline) -> None:
             now = _now()
             pipe.hset(mq_key(mjid), mapping={"state": JobState.FINISHED.value, "finished_at": now, "image": image})
-            self._end_attempt(mjid, pipe, "finished", now)
+            self._leave_started(mjid, pipe, "finished", now)
 
-        view = self._move(mjid, JobState.FINISHED, change)
+        view = self._move(mjid, JobState.FINISHED, change, attempt=attempt)
         self._finish_in_db(mjid, JobState.FINISHED, None)
         return view
 
-    def mark_failed(self, mjid: str, error: str) -> JobView:
+    def mark_failed(self, mjid: str, error: str, *, attempt: int | None = None, outcome: str = "failed") -> JobView:
         def change(h: dict[str, str], pipe: Pipeline) -> None:
             now = _now()
             pipe.hset(mq_key(mjid), mapping={"state": JobState.FAILED.value, "finished_at": now, "error": error})
             if h["state"] == JobState.STARTED:
-                self._end_attempt(mjid, pipe, "failed", now, error)
+                self._leave_started(mjid, pipe, outcome, now, error)
 
-        view = self._move(mjid, JobState.FAILED, change)
+        view = self._move(mjid, JobState.FAILED, change, attempt=attempt)
         self._finish_in_db(mjid, JobState.FAILED, error)
         return view
 
-    def retry_on_standard(self, mjid: str, reason: str) -> JobView:
-        """A started job whose worker was lost goes back to queued, on sq, as a new rq job."""
+    def retry_on_standard(self, mjid: str, reason: str, *, attempt: int) -> JobView:
+        """A started job whose worker was preempted or lost goes back to queued, on sq, as a new rq job."""
 
         def change(h: dict[str, str], pipe: Pipeline) -> None:
             now = _now()
             pipe.hset(mq_key(mjid), mapping={"state": JobState.QUEUED.value, "queue": QueueName.STANDARD.value})
-            self._end_attempt(mjid, pipe, reason, now)
-            self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{int(h.get('attempts', 0)) + 1}", pipe=pipe)
+            if reason == "lost":
+                pipe.hincrby(mq_key(mjid), "lost", 1)
+            self._leave_started(mjid, pipe, reason, now)
+            self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{attempt + 1}", pipe=pipe)
 
-        return self._move(mjid, JobState.QUEUED, change)
+        return self._move(mjid, JobState.QUEUED, change, attempt=attempt)
+
+    def reap_lost(self) -> list[tuple[str, str]]:
+        """Started jobs whose heartbeat expired lost their worker (SIGKILL, a VM gone without notice):
+        back to sq, or failed (and refunded) once lost more than max_lost times. Safe to run anywhere,
+        from several processes at once: each move is a WATCHed transaction on the job's own keys."""
+        done: list[tuple[str, str]] = []
+        for mjid in self._decode_list(self.redis.smembers(started_key())):
+            if self.redis.exists(heartbeat_key(mjid)):
+                continue
+            h = self._decode(self.redis.hgetall(mq_key(mjid)))
+            if h.get("state") != JobState.STARTED:
+                self.redis.srem(started_key(), mjid)
+                continue
+            attempt = int(h.get("attempts", 0))
+            lost = int(h.get("lost", 0)) + 1
+            try:
+                if lost > self.max_lost:
+                    msg = f"worker lost {lost} times (limit {self.max_lost}); last on {h.get('worker', '?')}"
+                    self.mark_failed(mjid, msg, attempt=attempt, outcome="lost")
+                    self.redis.hset(mq_key(mjid), "lost", str(lost))
+                    done.append((mjid, "failed"))
+                else:
+                    self.retry_on_standard(mjid, "lost", attempt=attempt)
+                    done.append((mjid, "sq"))
+            except (StaleAttempt, InvalidTransition):
+                continue  # another reaper, or the worker itself, got there first
+        return done
 
     # -- internals -----------------------------------------------------------------------------------------
+    def _leave_started(self, mjid: str, pipe: Pipeline, outcome: str, now: str, error: str | None = None) -> None:
+        pipe.srem(started_key(), mjid)
+        pipe.delete(heartbeat_key(mjid))
+        self._end_attempt(mjid, pipe, outcome, now, error)
+
     def _end_attempt(self, mjid: str, pipe: Pipeline, outcome: str, now: str, error: str | None = None) -> None:
         # The last attempt record is rewritten with its ending; read outside the MULTI is fine because
-        # the caller WATCHes the job's hash, and only the worker that holds the job ends its attempt.
+        # the caller WATCHes the job's hash, and only the holder of the current attempt ends it.
         raw = self.redis.lindex(attempts_key(mjid), -1)
         if raw is None:
             return
@@ -215,7 +279,14 @@ class JobManager:
             rec["error"] = error[-2000:]
         pipe.lset(attempts_key(mjid), -1, json.dumps(rec))
 
-    def _move(self, mjid: str, new: JobState, change: Callable[[dict[str, str], Pipeline], None]) -> JobView:
+    def _move(
+        self,
+        mjid: str,
+        new: JobState,
+        change: Callable[[dict[str, str], Pipeline], None],
+        *,
+        attempt: int | None = None,
+    ) -> JobView:
         key = mq_key(mjid)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -225,18 +296,16 @@ class JobManager:
                     if not h:
                         raise NoSuchJob(mjid)
                     old = JobState(h["state"])
+                    if attempt is not None and int(h.get("attempts", 0)) != attempt:
+                        raise StaleAttempt(mjid, attempt, int(h.get("attempts", 0)))
                     if not can_move(old, new):
                         raise InvalidTransition(mjid, old.value, new.value)
                     pipe.multi()
                     change(h, pipe)
                     pipe.execute()
                     break
-                except Exception as exc:
-                    from redis.exceptions import WatchError
-
-                    if isinstance(exc, WatchError):
-                        continue
-                    raise
+                except WatchError:
+                    continue
         return self.get(mjid)
 
     def _finish_in_db(self, mjid: str, state: JobState, error: str | None) -> None:
@@ -276,5 +345,5 @@ class JobManager:
         }
 
     @staticmethod
-    def _decode_list(items: Any) -> list[str]:
+    def _decode_list(items: Any) -> list[Any]:
         return [x.decode() if isinstance(x, bytes) else x for x in items]

@@ -49,3 +49,13 @@ def mq_index_key() -> str:
 def attempts_key(mjid: str) -> str:
     """The job's attempt history (a Redis list of JSON records)."""
     return f"{PREFIX}:mq:{mjid}:attempts"
+
+
+def heartbeat_key(mjid: str) -> str:
+    """Exists (with a TTL) while a worker is alive and rendering the job; its value is the attempt number."""
+    return f"{PREFIX}:mq:{mjid}:heartbeat"
+
+
+def started_key() -> str:
+    """The mjids in the started state (a Redis set): what the reaper looks at."""
+    return f"{PREFIX}:started"

@@ -104,3 +104,36 @@ def _read_secret(path: Path | None, variable: str) -> str | None:
         return path.read_text().strip()
     except OSError as exc:
         raise RenderConfigError(f"cannot read {PREFIX}{variable}={path}: {exc.strerror}") from exc
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """How lost workers are found: the heartbeat's TTL, how often the reaper looks, how many losses a job
+    survives. Read from RENDERFARM_HEARTBEAT_TTL / RENDERFARM_REAP_INTERVAL / RENDERFARM_MAX_LOST when asked."""
+
+    heartbeat_ttl: float = 20.0
+    reap_interval: float = 5.0
+    max_lost: int = 2
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Reliability:
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            raw = env.get(PREFIX + name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise RenderConfigError(f"{PREFIX}{name}={raw!r} is not a number") from None
+            if not low <= value <= high:
+                raise RenderConfigError(f"{PREFIX}{name}={value} is out of range ({low}..{high})")
+            return value
+
+        return cls(
+            heartbeat_ttl=number("HEARTBEAT_TTL", d.heartbeat_ttl, 1, 3600),
+            reap_interval=number("REAP_INTERVAL", d.reap_interval, 0.1, 3600),
+            max_lost=int(number("MAX_LOST", d.max_lost, 0, 100)),
+        )

@@ -2,27 +2,35 @@
 
 The image is written to the renders folder (RENDERFARM_RENDERS_DIR), which the api container mounts
 and serves; the worker never talks to the API.
+
+While Blender runs, a thread keeps the job's heartbeat alive, so a worker that vanishes (SIGKILL, a VM
+gone without notice) is found by the reaper and its job retried on sq. A worker told to stop (SIGTERM,
+the cloud's preemption notice) gets ShutDownImminentException here: Blender is stopped and the job is
+put on sq at once, recorded as preempted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 
-from redis import Redis
 from rq import get_current_job
-from sqlalchemy.engine import Engine
+from rq.exceptions import ShutDownImminentException
 
 from renderfarm.clients import make_engine, make_redis
 from renderfarm.db import make_sessionmaker
-from renderfarm.errors import BlenderRenderError, RenderConfigError
+from renderfarm.errors import BlenderRenderError, RenderConfigError, StaleAttempt
 from renderfarm.jobs import JobManager
 from renderfarm.render import profile_for, render_scene
 from renderfarm.scene import parse_scene
-from renderfarm.settings import ServiceSettings
+from renderfarm.settings import Reliability, ServiceSettings
 
 log = logging.getLogger("renderfarm.work")
+# Blender ended by one of these was interrupted (the machine is going away), not failed by the scene.
+INTERRUPTING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP})
 
 
 def renders_dir(environ: dict[str, str] | None = None) -> Path:
@@ -33,32 +41,92 @@ def renders_dir(environ: dict[str, str] | None = None) -> Path:
     return Path(raw)
 
 
-def image_name(mjid: str) -> str:
-    return f"{mjid}.png"
+def image_name(mjid: str, attempt: int) -> str:
+    """One file per attempt: the job records the one its current attempt made, so a worker that was
+    presumed lost and comes back can never replace the image the job points to."""
+    return f"{mjid}-{attempt}.png"
 
 
-def connect(settings: ServiceSettings) -> tuple[Redis, Engine]:
-    return make_redis(settings, socket_timeout=None), make_engine(settings)
+def job_manager(settings: ServiceSettings, reliability: Reliability) -> JobManager:
+    redis = make_redis(settings, socket_timeout=None)
+    return JobManager(
+        redis,
+        make_sessionmaker(make_engine(settings)),
+        heartbeat_ttl=reliability.heartbeat_ttl,
+        max_lost=reliability.max_lost,
+    )
+
+
+def close(manager: JobManager) -> None:
+    manager.redis.close()
+    bind = manager.sessions.kw.get("bind")
+    if bind is not None:
+        bind.dispose()
+
+
+class Heartbeat(threading.Thread):
+    """Refreshes the job's heartbeat every third of its TTL until stopped or the attempt goes stale."""
+
+    def __init__(self, manager: JobManager, mjid: str, attempt: int) -> None:
+        super().__init__(name=f"heartbeat-{mjid}", daemon=True)
+        self.manager, self.mjid, self.attempt = manager, mjid, attempt
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        period = self.manager.heartbeat_ttl / 3
+        while not self.stopped.wait(period):
+            try:
+                if not self.manager.heartbeat(self.mjid, self.attempt):
+                    log.warning("job %s attempt %d is no longer ours; heartbeat stops", self.mjid, self.attempt)
+                    return
+            except Exception:  # noqa: BLE001 - a blip in Redis must not kill the render; the TTL covers it
+                log.exception("heartbeat for %s failed", self.mjid)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def interrupted(exc: BlenderRenderError) -> bool:
+    return exc.returncode is not None and exc.returncode < 0 and -exc.returncode in INTERRUPTING_SIGNALS
 
 
 def render_job(mjid: str) -> str:
-    """Run by rq in the worker's work horse. Returns the image's file name."""
-    settings = ServiceSettings.from_env()
-    redis, engine = connect(settings)
-    manager = JobManager(redis, make_sessionmaker(engine))
+    """Run by rq in the worker's work horse. Returns what became of the job."""
+    manager = job_manager(ServiceSettings.from_env(), Reliability.from_env())
     try:
         job = get_current_job()
         worker = (job.worker_name if job is not None else None) or f"pid-{os.getpid()}"
         view = manager.mark_started(mjid, worker)
-        out = renders_dir() / image_name(mjid)
+        attempt = view.attempts
+        requeue_reason = "preempted" if view.queue.value == "pq" else "interrupted"
+        beat = Heartbeat(manager, mjid, attempt)
+        beat.start()
+        out = renders_dir() / image_name(mjid, attempt)
         try:
             scene = parse_scene(manager.scene(mjid))
             render_scene(scene, profile_for(view.quality), out, blender=os.environ.get("RENDERFARM_BLENDER", "blender"))
-        except (BlenderRenderError, RenderConfigError, ValueError) as exc:
-            manager.mark_failed(mjid, str(exc))
+        except ShutDownImminentException:
+            manager.retry_on_standard(mjid, requeue_reason, attempt=attempt)
+            return f"{requeue_reason}: requeued on sq"
+        except BlenderRenderError as exc:
+            if interrupted(exc):
+                manager.retry_on_standard(mjid, requeue_reason, attempt=attempt)
+                return f"{requeue_reason} (blender killed by signal {-(exc.returncode or 0)}): requeued on sq"
+            manager.mark_failed(mjid, str(exc), attempt=attempt)
             raise
-        manager.mark_finished(mjid, out.name)
-        return out.name
+        except (RenderConfigError, ValueError) as exc:
+            manager.mark_failed(mjid, str(exc), attempt=attempt)
+            raise
+        finally:
+            beat.stop()
+        try:
+            manager.mark_finished(mjid, out.name, attempt=attempt)
+        except StaleAttempt:
+            out.unlink(missing_ok=True)
+            raise
+        return "finished"
+    except StaleAttempt as exc:
+        log.warning("%s: the job moved on without this worker; its result is dropped", exc)
+        return "stale"
     finally:
-        redis.close()
-        engine.dispose()
+        close(manager)

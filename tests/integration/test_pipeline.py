@@ -6,87 +6,45 @@ One isolated compose project (own name, ports, state folder) serves the whole mo
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from docker import DockerClient
-from sqlalchemy import create_engine, text
 
-from provisioner.config import Settings, load_settings
-from provisioner.console import make_console
-from provisioner.plan import apply_steps
-from provisioner.services import api_url, db_url, down, plan_services, redis_url
-from renderfarm.examples import example_scene_path
+from provisioner.config import Settings
+from provisioner.services import api_url, redis_url
 from renderfarm.keys import mq_index_key, mq_key
 from renderfarm.render import png_size
-from tests.conftest import free_port
+from tests.stackutil import (
+    REPO,
+    balance,
+    env_for,
+    example_scene,
+    invoke,
+    isolated_stack,
+    ledger,
+    new_user,
+    queue_ids,
+    run_worker,
+    seed,
+    small_scene,
+)
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = {"RENDERFARM_PREVIEW_SAMPLES": "2", "RENDERFARM_HD_SAMPLES": "1"}
 
 
 @pytest.fixture(scope="module")
 def stack(
     docker_client: DockerClient, project_images: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Settings]:
-    tmp = tmp_path_factory.mktemp("pipeline")
-    settings = load_settings(
-        project=f"rdpipe-{uuid.uuid4().hex[:8]}",
-        state_dir=tmp / "state",
-        redis_port=free_port(),
-        db_port=free_port(),
-        api_port=free_port(),
-        blender_link=tmp / "bin" / "blender",  # absent: the worker uses `blender` from PATH
-        hd_price=10,
-    )
-    try:
-        apply_steps(make_console(), plan_services(docker_client, settings), dry_run=False)
+    with isolated_stack(docker_client, tmp_path_factory.mktemp("pipeline"), hd_price=10) as settings:
         yield settings
-    finally:
-        down(docker_client, settings, volumes=True)
-
-
-def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RENDERDEV_PROJECT=settings.project,
-        RENDERDEV_STATE_DIR=str(settings.state_dir),
-        RENDERDEV_REDIS_PORT=str(settings.redis_port),
-        RENDERDEV_DB_PORT=str(settings.db_port),
-        RENDERDEV_API_PORT=str(settings.api_port),
-        RENDERDEV_BLENDER_LINK=str(settings.blender_link),
-        **SAMPLES,
-        **extra,
-    )
-    return env
-
-
-def invoke(settings: Settings, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invoke", *args],
-        cwd=REPO,
-        env=env_for(settings, **extra),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def run_worker(settings: Settings, queues: str = "pq,sq") -> str:
-    proc = invoke(settings, "worker", "--burst", "--queues", queues)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -100,60 +58,6 @@ def r(stack: Settings) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url(stack))
     yield client
     client.close()
-
-
-def seed(settings: Settings, user: str, amount: int) -> None:
-    proc = invoke(settings, "seed-credits", "--user", user, "--amount", str(amount))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def new_user(settings: Settings, credits: int = 0) -> str:
-    user = f"u{uuid.uuid4().hex[:10]}@example.com"
-    if credits:
-        seed(settings, user, credits)
-    return user
-
-
-def example_scene() -> dict[str, Any]:
-    return json.loads(example_scene_path().read_text())
-
-
-def small_scene(**camera: Any) -> dict[str, Any]:
-    scene = example_scene()
-    scene["objects"] = scene["objects"][:5]
-    scene["camera"].update(camera)
-    return scene
-
-
-def balance(api: httpx.Client, user: str) -> int:
-    resp = api.get(f"/users/{user}/credits")
-    assert resp.status_code == 200, resp.text
-    return int(resp.json()["balance"])
-
-
-def queue_ids(r: redis.Redis, name: str) -> list[str]:
-    return [x.decode() for x in r.lrange(f"rq:queue:{name}", 0, -1)]
-
-
-def ledger(settings: Settings, mjid: str) -> list[tuple[str, int]]:
-    engine = create_engine(db_url(settings))
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT reason, amount FROM credit_entries WHERE mjid = :m ORDER BY id"), {"m": mjid}
-            ).all()
-        return [(str(a), int(b)) for a, b in rows]
-    finally:
-        engine.dispose()
-
-
-def wait_state(api: httpx.Client, mjid: str, states: set[str], timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = api.get(f"/renders/{mjid}").json()
-        if job["state"] in states or time.monotonic() > deadline:
-            return job
-        time.sleep(0.2)
 
 
 def test_openapi_schema_is_served(api: httpx.Client) -> None:

@@ -93,6 +93,9 @@ def test_compose_env_and_argv(tmp_path: Path) -> None:
         "RENDERDEV_SECRETS_DIR": str(tmp_path / "state" / "rdunit" / "secrets"),
         "RENDERDEV_RENDERS_DIR": str(tmp_path / "state" / "rdunit" / "renders"),
         "RENDERDEV_HD_PRICE": "10",
+        "RENDERDEV_HEARTBEAT_TTL": "20.0",
+        "RENDERDEV_REAP_INTERVAL": "5.0",
+        "RENDERDEV_MAX_LOST": "2",
         "RENDERDEV_CONFIG_HASH": env["RENDERDEV_CONFIG_HASH"],
     }
     assert compose_env(settings) == env  # pure
