@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     heartbeat_ttl: float = Field(20.0, ge=1, le=3600, description="seconds a silent render worker counts as alive")
     reap_interval: float = Field(5.0, ge=0.1, le=3600, description="seconds between looks for lost workers")
     max_lost: int = Field(2, ge=0, le=100, description="times a job may lose its worker before it fails")
+    warm_blender: bool = True  # keep one Blender loaded per worker; False: one Blender process per job
+    warm_max_jobs: int = Field(50, ge=1, le=100_000, description="jobs a warm Blender serves before a fresh one")
     preemption_url: str | None = None  # cloud metadata endpoint a worker watches for a preemption notice
     preemption_poll: float = Field(5.0, gt=0, le=3600)
     database_url: str | None = None  # seed-credits: another database than the stack's (needs --force)

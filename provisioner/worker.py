@@ -129,11 +129,26 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
     from rq import Queue
     from rq.worker import HerokuWorker
 
+    from renderfarm import warm
     from renderfarm.reaper import Reaper
     from renderfarm.work import close
 
+    warm_blender = warm.WarmBlender(blender_command(settings), max_jobs=settings.warm_max_jobs)
+
     class RenderWorker(HerokuWorker):
         imminent_shutdown_delay = 0  # the notice stops Blender and requeues the job at once
+
+        def fork_work_horse(self, job, queue):
+            # The horse inherits the warm Blender: make sure it is alive (and not worn out) first.
+            if settings.warm_blender:
+                try:
+                    warm_blender.ensure()
+                    warm_blender.served += 1
+                    warm.install(warm_blender)
+                except Exception as exc:  # noqa: BLE001 - fall back to one Blender per job, and say so
+                    log.warning("no warm Blender (%s): this job starts its own", exc)
+                    warm.install(None)
+            return super().fork_work_horse(job, queue)
 
     names = parse_queues(queues)
     if not settings.secrets_file.exists():
@@ -169,4 +184,5 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
     finally:
         for h in helpers:
             h.stop()
+        warm_blender.stop()
         close(manager)

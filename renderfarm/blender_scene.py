@@ -232,11 +232,13 @@ def configure_render(scene: bpy.types.Scene, out: Path, width: int, height: int,
     scene.view_settings.gamma = 1.0
 
 
-def main(argv: list[str]) -> None:
-    args = parse_args(argv)
-    if args.width < 1 or args.height < 1 or args.samples < 1:
-        raise SceneError(f"width, height and samples must be positive: {args.width}x{args.height} {args.samples}")
-    spec = json.loads(args.scene.read_text(encoding="utf-8"))
+def render_spec(spec: dict, out: Path, width: int, height: int, samples: int, seed: int) -> None:
+    """Build the scene from its JSON (already validated on the host) and render it to `out`.
+
+    Starts from factory settings every time, so a warm Blender (blender_server.py) that renders job
+    after job gives the same pixels as a fresh one."""
+    if width < 1 or height < 1 or samples < 1:
+        raise SceneError(f"width, height and samples must be positive: {width}x{height} {samples}")
     if spec.get("version") != SCENE_VERSION:
         raise SceneError(f"scene version {spec.get('version')!r} is not {SCENE_VERSION}: update renderfarm")
     scene = clear_scene()
@@ -245,10 +247,16 @@ def main(argv: list[str]) -> None:
     build_camera(scene, spec["camera"])
     build_lights(scene, spec["lights"])
     build_world(scene, spec["world"])
-    configure_render(scene, args.out.resolve(), args.width, args.height, args.samples, args.seed)
+    configure_render(scene, out.resolve(), width, height, samples, seed)
     bpy.ops.render.render(write_still=True)
-    if not args.out.is_file():
-        raise SceneError(f"blender finished but wrote no image at {args.out}")
+    if not out.is_file():
+        raise SceneError(f"blender finished but wrote no image at {out}")
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    spec = json.loads(args.scene.read_text(encoding="utf-8"))
+    render_spec(spec, args.out, args.width, args.height, args.samples, args.seed)
     print(f"renderfarm-scene: wrote {args.out} ({args.width}x{args.height}, {args.samples} samples, seed {args.seed})")
 
 

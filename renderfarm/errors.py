@@ -75,3 +75,7 @@ class BlenderRenderError(RenderfarmError):
         if output_tail.strip():
             msg += "\n" + "\n".join("  | " + line for line in output_tail.rstrip().splitlines())
         super().__init__(msg)
+
+
+class BlenderVanished(BlenderRenderError):
+    """The Blender process went away mid-job (killed, crashed): an interruption, not the scene's fault."""

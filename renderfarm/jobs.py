@@ -222,12 +222,22 @@ class JobManager:
         return view
 
     def retry_on_standard(self, mjid: str, reason: str, *, attempt: int) -> JobView:
-        """A started job whose worker was preempted or lost goes back to queued, on sq, as a new rq job."""
+        """A started job whose worker was preempted, interrupted or lost goes back to queued, on sq, as a
+        new rq job. Losses without notice ("lost", "interrupted") are counted: past max_lost the job
+        fails instead, and an HD charge is refunded."""
+        counted = reason in ("lost", "interrupted")
+        lost = int(self._hash(mjid).get("lost", 0)) + (1 if counted else 0)
+        if counted and lost > self.max_lost:
+            worker = self._hash(mjid).get("worker", "?")
+            msg = f"worker lost {lost} times (limit {self.max_lost}); last on {worker} ({reason})"
+            view = self.mark_failed(mjid, msg, attempt=attempt, outcome=reason)
+            self.redis.hset(mq_key(mjid), "lost", str(lost))
+            return view
 
         def change(h: dict[str, str], pipe: Pipeline) -> None:
             now = _now()
             pipe.hset(mq_key(mjid), mapping={"state": JobState.QUEUED.value, "queue": QueueName.STANDARD.value})
-            if reason == "lost":
+            if counted:
                 pipe.hincrby(mq_key(mjid), "lost", 1)
             self._leave_started(mjid, pipe, reason, now)
             self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{attempt + 1}", pipe=pipe)
@@ -246,19 +256,11 @@ class JobManager:
             if h.get("state") != JobState.STARTED:
                 self.redis.srem(started_key(), mjid)
                 continue
-            attempt = int(h.get("attempts", 0))
-            lost = int(h.get("lost", 0)) + 1
             try:
-                if lost > self.max_lost:
-                    msg = f"worker lost {lost} times (limit {self.max_lost}); last on {h.get('worker', '?')}"
-                    self.mark_failed(mjid, msg, attempt=attempt, outcome="lost")
-                    self.redis.hset(mq_key(mjid), "lost", str(lost))
-                    done.append((mjid, "failed"))
-                else:
-                    self.retry_on_standard(mjid, "lost", attempt=attempt)
-                    done.append((mjid, "sq"))
+                view = self.retry_on_standard(mjid, "lost", attempt=int(h.get("attempts", 0)))
             except (StaleAttempt, InvalidTransition):
                 continue  # another reaper, or the worker itself, got there first
+            done.append((mjid, "sq" if view.state is JobState.QUEUED else view.state.value))
         return done
 
     # -- internals -----------------------------------------------------------------------------------------

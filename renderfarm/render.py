@@ -163,6 +163,15 @@ def stop_blender(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> None:
             continue
 
 
+def blender_env() -> dict[str, str]:
+    """The environment Blender runs in: no host PYTHONPATH/PYTHONHOME, and a fixed str hash seed."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    # Blender's Python randomises str hashes per process, which changed the build order of the scene
+    # and so a few pixels between two renders of the same scene and seed (seen: 9 of 691,560 bytes).
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
 def render_scene(
     scene: Scene,
     profile: RenderProfile,
@@ -183,10 +192,7 @@ def render_scene(
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:12]}.partial.png")
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-    # Blender's Python randomises str hashes per process, which changed the build order of the scene
-    # and so a few pixels between two renders of the same scene and seed (seen: 9 of 691,560 bytes).
-    env["PYTHONHASHSEED"] = "0"
+    env = blender_env()
     started = time.monotonic()
     try:
         with (
@@ -197,8 +203,8 @@ def render_scene(
             scene_file.write_text(scene.model_dump_json(), encoding="utf-8")
             argv = blender_command(blender, script, scene_file, partial, profile, seed)
             output = _run_blender(argv, env, timeout, on_start)
-            _check_output(argv, partial, profile, output)
-        _strip_png_text(partial)
+            check_output(argv, partial, profile, output)
+        strip_png_text(partial)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
@@ -250,7 +256,7 @@ def _run_blender(
     return text
 
 
-def _check_output(argv: list[str], partial: Path, profile: RenderProfile, output: str) -> None:
+def check_output(argv: list[str], partial: Path, profile: RenderProfile, output: str) -> None:
     tail = output_tail(output)
     if not partial.is_file() or partial.stat().st_size == 0:
         raise BlenderRenderError(argv, 0, tail, reason=f"blender exited 0 but wrote no image at {partial}")
@@ -301,7 +307,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _strip_png_text(path: Path) -> None:
+def strip_png_text(path: Path) -> None:
     """Rewrite the PNG at path without its text and time chunks (Blender stores render timings there)."""
     data = path.read_bytes()
     kept = [data[:8]]

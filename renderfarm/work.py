@@ -22,7 +22,7 @@ from rq.exceptions import ShutDownImminentException
 
 from renderfarm.clients import make_engine, make_redis
 from renderfarm.db import make_sessionmaker
-from renderfarm.errors import BlenderRenderError, RenderConfigError, StaleAttempt
+from renderfarm.errors import BlenderRenderError, BlenderVanished, RenderConfigError, StaleAttempt
 from renderfarm.jobs import JobManager
 from renderfarm.render import profile_for, render_scene
 from renderfarm.scene import parse_scene
@@ -87,6 +87,9 @@ class Heartbeat(threading.Thread):
 
 
 def interrupted(exc: BlenderRenderError) -> bool:
+    """Blender was killed (or its warm process vanished) rather than failing on the scene."""
+    if isinstance(exc, BlenderVanished):
+        return exc.returncode is None or exc.returncode < 0
     return exc.returncode is not None and exc.returncode < 0 and -exc.returncode in INTERRUPTING_SIGNALS
 
 
@@ -110,8 +113,8 @@ def render_job(mjid: str) -> str:
             return f"{requeue_reason}: requeued on sq"
         except BlenderRenderError as exc:
             if interrupted(exc):
-                manager.retry_on_standard(mjid, requeue_reason, attempt=attempt)
-                return f"{requeue_reason} (blender killed by signal {-(exc.returncode or 0)}): requeued on sq"
+                manager.retry_on_standard(mjid, "interrupted", attempt=attempt)
+                return f"interrupted ({exc.reason}): requeued on sq"
             manager.mark_failed(mjid, str(exc), attempt=attempt)
             raise
         except (RenderConfigError, ValueError) as exc:

@@ -1,0 +1,223 @@
+"""A warm Blender: one loaded Blender process that renders job after job, fed over a pipe.
+
+Half of a preview's wait is Blender starting up; keeping one loaded removes it. The process is replaced
+after a crash, after a timeout (it is killed), and after `max_jobs` jobs (to bound its memory). The
+one-process-per-job path (`render_scene`) stays: it is the fallback when a warm Blender cannot start,
+and what RENDERFARM_WARM_BLENDER=0 selects.
+
+In a worker, the warm process belongs to the worker's main process, which makes sure it is alive before
+each job; rq runs the job in a forked work horse, which inherits the pipe and talks to it (`current()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+from renderfarm.errors import BlenderRenderError, BlenderVanished
+from renderfarm.render import (
+    RenderProfile,
+    RenderResult,
+    blender_env,
+    check_output,
+    output_tail,
+    stop_blender,
+    strip_png_text,
+)
+from renderfarm.scene import Scene
+
+log = logging.getLogger("renderfarm.warm")
+START_TIMEOUT = 60.0
+
+
+class WarmBlender:
+    def __init__(self, blender: str = "blender", *, max_jobs: int = 50) -> None:
+        self.blender = blender
+        self.max_jobs = max_jobs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.served = 0  # jobs handed to this process (counted by whoever calls ensure())
+        self._owner = os.getpid()  # the process that started Blender, and so may wait for it
+        self._requests: IO[str] | None = None
+        self._responses: IO[str] | None = None
+        self._log: IO[bytes] | None = None
+        self._script = Path(str(resources.files("renderfarm").joinpath("blender_server.py")))
+
+    # -- lifecycle (the worker's main process) ---------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        if self.proc is None:
+            return False
+        if self._owner == os.getpid():
+            return self.proc.poll() is None
+        # In a forked work horse, waitpid cannot see the process (it is our parent's child): ask the kernel.
+        try:
+            os.kill(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def ensure(self) -> None:
+        """Before a job: a live process that has not yet served max_jobs, else a fresh one."""
+        if self.alive() and self.served < self.max_jobs:
+            return
+        if self.proc is not None:
+            why = "served its jobs" if self.alive() else f"exited {self.proc.returncode}"
+            log.info("restarting warm Blender (pid %s %s)", self.proc.pid, why)
+        self.stop()
+        self.start()
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        self._owner = os.getpid()
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        self._log = tempfile.TemporaryFile(prefix="warm-blender-")
+        argv = [
+            self.blender, "-b", "--factory-startup", "-noaudio", "--python", str(self._script),
+            "--", "--requests", str(req_r), "--responses", str(resp_w),
+        ]  # fmt: skip
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                env=blender_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(req_r, resp_w),
+                start_new_session=True,  # signals for the worker (SIGRTMIN, Ctrl+C) never reach Blender
+            )
+        except OSError as exc:
+            for fd in (req_r, req_w, resp_r, resp_w):
+                os.close(fd)
+            raise BlenderRenderError(argv, None, "", reason=f"cannot run {self.blender!r}: {exc.strerror}") from exc
+        finally:
+            if self.proc is not None:
+                os.close(req_r)
+                os.close(resp_w)
+        self._requests = os.fdopen(req_w, "w")
+        self._responses = os.fdopen(resp_r, "r")
+        self.served = 0
+        ready = self._read(timeout, argv)
+        if not ready.get("ready"):
+            self.stop()
+            raise BlenderRenderError(argv, None, "", reason=f"warm Blender said {ready!r} instead of ready")
+        log.info("warm Blender ready (pid %s)", self.proc.pid)
+
+    def stop(self) -> None:
+        for stream in (self._requests, self._responses):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._requests = self._responses = None
+        if self.proc is not None and self._owner == os.getpid():
+            stop_blender(self.proc, grace=2.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        elif self.proc is not None:  # a work horse stopping its parent's Blender: signals only, no wait
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, sig)
+                if not self.alive():
+                    break
+                time.sleep(1.0)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- a job (the work horse) ------------------------------------------------------------------------
+    def render(
+        self, scene: Scene, profile: RenderProfile, out: Path, *, seed: int = 0, timeout: float | None = None
+    ) -> RenderResult:
+        """Like render_scene, through the warm process. On a timeout or an interruption the process is
+        stopped (the next ensure() replaces it); on its death the error carries its exit code."""
+        if not self.alive() or self._requests is None:
+            raise BlenderRenderError([self.blender], None, "", reason="the warm Blender is not running")
+        out = Path(out).absolute()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:12]}.partial.png")
+        started = time.monotonic()
+        mark = self._log_size()
+        argv = [self.blender, f"(warm pid {self.pid})", "--scene", "...", "--out", str(partial)]
+        try:
+            with tempfile.TemporaryDirectory(prefix="renderfarm-") as tmp:
+                scene_file = Path(tmp) / "scene.json"
+                scene_file.write_text(scene.model_dump_json(), encoding="utf-8")
+                request = {"scene": str(scene_file), "out": str(partial), "width": profile.width,
+                           "height": profile.height, "samples": profile.samples, "seed": seed}  # fmt: skip
+                try:
+                    self._requests.write(json.dumps(request) + "\n")
+                    self._requests.flush()
+                    reply = self._read(timeout, argv, mark=mark)
+                except BaseException:  # timeout, SIGTERM's ShutDownImminentException: stop the render now
+                    self.stop()
+                    raise
+            if not reply.get("ok"):
+                raise BlenderRenderError(
+                    argv, 1, output_tail(self._log_text(mark) + "\n" + str(reply.get("traceback", ""))),
+                    reason=str(reply.get("error", "unknown error")),
+                )  # fmt: skip
+            check_output(argv, partial, profile, self._log_text(mark))
+            strip_png_text(partial)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
+        return RenderResult(path=out, width=profile.width, height=profile.height, seconds=time.monotonic() - started)
+
+    # -- internals -------------------------------------------------------------------------------------
+    def _read(self, timeout: float | None, argv: list[str], *, mark: int = 0) -> dict[str, Any]:
+        assert self._responses is not None and self.proc is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._responses], [], [], wait)
+            if not ready:
+                self.stop()
+                raise BlenderRenderError(
+                    argv, None, output_tail(self._log_text(mark)), reason=f"timed out after {timeout} s and was stopped"
+                )
+            line = self._responses.readline()
+            if line:
+                data: dict[str, Any] = json.loads(line)
+                return data
+            # End of stream: the process is gone. Only its parent (the worker's main process) can learn how.
+            code = self.proc.wait(timeout=10) if self._owner == os.getpid() else None
+            raise BlenderVanished(
+                argv, code, output_tail(self._log_text(mark)), reason=f"the warm Blender (pid {self.pid}) went away"
+            )
+
+    def _log_size(self) -> int:
+        return os.fstat(self._log.fileno()).st_size if self._log is not None else 0
+
+    def _log_text(self, start: int) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        data = os.pread(self._log.fileno(), 1 << 20, start)
+        return data.decode("utf-8", errors="replace")
+
+
+# The warm process of this worker. A module-level slot because rq calls the job function by name with
+# only the mjid: the worker's main process sets it, and the forked work horse inherits it.
+_current: WarmBlender | None = None
+
+
+def current() -> WarmBlender | None:
+    return _current if _current is not None and _current.alive() else None
+
+
+def install(warm: WarmBlender | None) -> None:
+    global _current
+    _current = warm
