@@ -15,17 +15,19 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from rq import get_current_job
 from rq.exceptions import ShutDownImminentException
 
+from renderfarm import warm
 from renderfarm.clients import make_engine, make_redis
 from renderfarm.db import make_sessionmaker
 from renderfarm.errors import BlenderRenderError, BlenderVanished, RenderConfigError, StaleAttempt
 from renderfarm.jobs import JobManager
-from renderfarm.render import profile_for, render_scene
-from renderfarm.scene import parse_scene
+from renderfarm.render import RenderProfile, profile_for, render_scene
+from renderfarm.scene import Scene, parse_scene
 from renderfarm.settings import Reliability, ServiceSettings
 
 log = logging.getLogger("renderfarm.work")
@@ -93,8 +95,25 @@ def interrupted(exc: BlenderRenderError) -> bool:
     return exc.returncode is not None and exc.returncode < 0 and -exc.returncode in INTERRUPTING_SIGNALS
 
 
+Renderer = Callable[[Scene, RenderProfile, Path], object]
+
+
+def render_with_blender(scene: Scene, profile: RenderProfile, out: Path) -> None:
+    """The worker's warm Blender when it has one, else a Blender process for this job."""
+    warm_blender = warm.current()
+    if warm_blender is not None:
+        warm_blender.render(scene, profile, out)
+    else:
+        render_scene(scene, profile, out, blender=os.environ.get("RENDERFARM_BLENDER", "blender"))
+
+
 def render_job(mjid: str) -> str:
     """Run by rq in the worker's work horse. Returns what became of the job."""
+    return run_job(mjid, render_with_blender)
+
+
+def run_job(mjid: str, render: Renderer) -> str:
+    """The JobManager side of a job: started, heartbeat, render, then finished / failed / requeued."""
     manager = job_manager(ServiceSettings.from_env(), Reliability.from_env())
     try:
         job = get_current_job()
@@ -106,8 +125,7 @@ def render_job(mjid: str) -> str:
         beat.start()
         out = renders_dir() / image_name(mjid, attempt)
         try:
-            scene = parse_scene(manager.scene(mjid))
-            render_scene(scene, profile_for(view.quality), out, blender=os.environ.get("RENDERFARM_BLENDER", "blender"))
+            render(parse_scene(manager.scene(mjid)), profile_for(view.quality), out)
         except ShutDownImminentException:
             manager.retry_on_standard(mjid, requeue_reason, attempt=attempt)
             return f"{requeue_reason}: requeued on sq"
