@@ -12,9 +12,12 @@ import gzip
 import io
 import lzma
 import os
+import shutil
+import subprocess
 import tarfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import Any, cast
 
 from provisioner.errors import BlenderError
 
@@ -62,7 +65,6 @@ def extract_release(archive: Path, dest: Path, *, top: str) -> Path:
     """
     dest.mkdir(parents=True, exist_ok=True)
     try:
-        # lzma.open (not tarfile's own "r|xz") so that a truncated stream raises instead of ending early
         with _open(archive) as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             for member in tar:
                 reason = unsafe_reason(member, dest, top=top)
@@ -78,7 +80,7 @@ def extract_release(archive: Path, dest: Path, *, top: str) -> Path:
                     tar.extract(member, dest)
             while raw.read(1024 * 1024):  # read to the end: checks the stream's end marker and checksum
                 pass
-    except (tarfile.TarError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, EOFError) as exc:
+    except (tarfile.TarError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, EOFError, _Damaged) as exc:
         raise BlenderError(f"cannot extract {archive.name}: {exc}", hint="the download is damaged: try again") from exc
     except OSError as exc:
         raise BlenderError(f"cannot extract {archive.name} into {dest}: {exc}") from exc
@@ -88,8 +90,53 @@ def extract_release(archive: Path, dest: Path, *, top: str) -> Path:
     return tree
 
 
+class _Damaged(Exception):
+    pass
+
+
+class _XzPipe(io.RawIOBase):
+    """xz's own decompressor (`xz -dc -T0`), read as a stream. Python's lzma decodes on one core; xz
+    decodes the blocks of a multi-block archive on every core, which is most of an install's time.
+    Closing checks xz's exit status, so a truncated or corrupt archive is an error, as with lzma.open."""
+
+    def __init__(self, archive: Path, xz: str) -> None:
+        self._proc = subprocess.Popen(
+            [xz, "-dc", "-T0", "--", str(archive)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._out = cast(io.BufferedReader, self._proc.stdout)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._out.readinto(buffer)
+        if n == 0:
+            self._check()
+        return n
+
+    def _check(self) -> None:
+        code = self._proc.wait()
+        if code != 0:
+            err = self._proc.stderr.read().decode(errors="replace").strip() if self._proc.stderr else ""
+            raise _Damaged(f"xz exited {code}: {err}")
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._out.close()
+            if self._proc.stderr:
+                self._proc.stderr.close()
+        super().close()
+
+
 def _open(archive: Path) -> io.BufferedIOBase:
     if archive.name.endswith((".xz", ".txz")):
+        xz = shutil.which("xz")
+        if xz is not None:
+            return io.BufferedReader(_XzPipe(archive, xz), buffer_size=1 << 20)
+        # lzma.open (not tarfile's own "r|xz") so that a truncated stream raises instead of ending early
         return lzma.open(archive, "rb")
     if archive.name.endswith((".gz", ".tgz")):
         return gzip.open(archive, "rb")
