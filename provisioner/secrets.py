@@ -18,9 +18,9 @@ import secrets as _random
 from pathlib import Path
 
 from provisioner.config import Settings
-from provisioner.errors import ConfigError, HostWriteError
+from provisioner.errors import ConfigError, HostWriteError, RenderdevError
 from provisioner.fsops import atomic_write_text
-from provisioner.plan import Step, StepState
+from provisioner.plan import Check, Step, StepState
 
 SECRET_NAMES = ("redis_password", "db_password")  # also the compose secret names and file names
 FILE_MODE = 0o600
@@ -135,6 +135,32 @@ def ensure_secrets(settings: Settings) -> str:
     for name in SECRET_NAMES:
         atomic_write_text(secret_path(settings, name), values[name], mode=MOUNTED_MODE)
     return "; ".join(todo) or "already in place"
+
+
+def mask(value: str) -> str:
+    """All `invoke status` shows of a secret: its first four characters."""
+    return value[:4] + "…"
+
+
+def check_secrets(settings: Settings) -> list[Check]:
+    """`invoke status` line: the secrets file is there, complete and private. Values are masked."""
+    path, folder = settings.secrets_file, secrets_dir(settings)
+    name, fix = "secrets", "invoke services"
+    try:
+        values = _load(settings)
+    except RenderdevError as exc:
+        return [Check(name, False, exc.message, fix)]
+    if not path.exists():
+        return [Check(name, False, f"{path} missing", fix)]
+    problems = [f"lacks {env_key(n)}" for n in SECRET_NAMES if n not in values]
+    for where, mode, wanted in ((path, _mode(path), FILE_MODE), (folder, _mode(folder), DIR_MODE)):
+        if mode != wanted:
+            now = "missing" if mode is None else f"mode {mode:04o}"
+            problems.append(f"{where} is {now}, wanted mode {wanted:04o}")
+    shown = ", ".join(f"{env_key(n)}={mask(values[n])}" for n in SECRET_NAMES if n in values)
+    if problems:
+        return [Check(name, False, f"{path}: " + "; ".join(problems), fix)]
+    return [Check(name, True, f"{path} (mode 0600): {shown}")]
 
 
 def _mode(path: Path) -> int | None:

@@ -8,6 +8,7 @@ not become healthy in time is reported with its state and the tail of its log.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy.engine import URL
 from provisioner import compose
 from provisioner.config import SERVICES, Settings
 from provisioner.dockerapi import PROJECT_LABEL, project_containers, service_container
-from provisioner.errors import DockerError
+from provisioner.errors import ConfigError, DockerError
 from provisioner.images import find_image
 from provisioner.plan import Check, Step, StepState
 from provisioner.secrets import plan_secrets, read_secrets, stale_mounts
@@ -131,6 +132,7 @@ def plan_services(client: docker.DockerClient, settings: Settings) -> list[Step]
     recreate = bool(stale_mounts(settings)) and any(s.container for s in states)
     if not recreate and all(s.ok for s in states):
         return [secrets_step, Step("services", title, StepState.OK, "redis, db, api running and healthy")]
+    _refuse_ports_in_use(client, settings)
     wrong = [f"{s.service}: {s.describe()}" for s in states if not s.ok]
     detail = "compose up, then wait for health"
     if recreate:
@@ -160,6 +162,60 @@ def _refuse_orphaned_db_volume(client: docker.DockerClient, settings: Settings) 
             f" password is gone with the secrets file {settings.secrets_file}",
             hint=f"restore {settings.secrets_file}, or drop the database: invoke down --volumes, then invoke services",
         )
+
+
+PORT_SETTINGS = {"redis": "redis_port", "db": "db_port", "api": "api_port"}
+
+
+def _refuse_ports_in_use(client: docker.DockerClient, settings: Settings) -> None:
+    """A host port held by another program makes `compose up` fail half way, with some containers started:
+    refuse before anything is made, naming the port, who holds it and the setting to change."""
+    seen: dict[int, str] = {}
+    for key in PORT_SETTINGS.values():
+        port = int(getattr(settings, key))
+        if port in seen:
+            raise ConfigError(
+                f"{key} and {seen[port]} are both {port}: each service needs its own host port",
+                hint=f"set another one, e.g. RENDERDEV_{key.upper()}={_free_port(settings.bind_host)} invoke setup",
+            )
+        seen[port] = key
+    for svc, key in PORT_SETTINGS.items():
+        port = int(getattr(settings, key))
+        if port in _published_ports(service_container(client, settings.project, svc)):
+            continue  # held by this stack's own container
+        if not _port_taken(settings.bind_host, port):
+            continue
+        holders = [str(c.name) for c in client.containers.list() if port in _published_ports(c)]
+        who = f"container {', '.join(holders)}" if holders else f"another program (see: ss -ltnp 'sport = :{port}')"
+        raise ConfigError(
+            f"port {port} on {settings.bind_host} ({key}, for {svc}) is already in use by {who}",
+            hint=f"set another one, e.g. RENDERDEV_{key.upper()}={_free_port(settings.bind_host)} invoke setup,"
+            " or stop what holds it",
+        )
+
+
+def _published_ports(c: Container | None) -> set[int]:
+    """Host ports a container holds now (empty for a stopped one)."""
+    if c is None:
+        return set()
+    bindings = (c.attrs.get("NetworkSettings") or {}).get("Ports") or {}
+    return {int(b["HostPort"]) for found in bindings.values() for b in (found or []) if b.get("HostPort")}
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def bring_up(client: docker.DockerClient, settings: Settings, *, force_recreate: bool = False) -> str:

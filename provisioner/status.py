@@ -17,12 +17,14 @@ from provisioner.plan import Check
 def collect_checks(settings: Settings, console: Console) -> list[Check]:
     from provisioner.aliases import check_aliases
     from provisioner.dockerapi import docker_client
+    from provisioner.secrets import check_secrets
 
     checks: list[Check] = []
     try:
         client = docker_client()
     except RenderdevError as exc:
         checks.append(Check("docker engine", False, exc.message, exc.hint or "bash scripts/install-host.sh"))
+        checks += check_secrets(settings)
         checks += check_aliases(settings)
         return checks
     from provisioner.blender.install import check_blender
@@ -33,6 +35,7 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
     checks.append(Check("docker engine", True, f"engine {version}"))
     for step in plan_images(client, settings, console):
         checks.append(Check(step.title, not step.needed, step.detail or step.state.value, "invoke images"))
+    checks += check_secrets(settings)
     for group in (check_services, check_blender):
         try:
             checks += group(client, settings)

@@ -11,6 +11,7 @@ does the signalling (the horse ignores SIGTERM and is told with SIGRTMIN); we ma
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -129,14 +130,24 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
     from rq import Queue
     from rq.worker import HerokuWorker
 
-    from renderfarm import warm
+    from renderfarm import horse_db, warm
+    from renderfarm.jobs import JobManager
     from renderfarm.reaper import Reaper
+    from renderfarm.settings import ServiceSettings
     from renderfarm.work import close
 
     warm_blender = warm.WarmBlender(blender_command(settings), max_jobs=settings.warm_max_jobs)
+    lent: horse_db.LentDatabase | None = None
 
     class RenderWorker(HerokuWorker):
         imminent_shutdown_delay = 0  # the notice stops Blender and requeues the job at once
+
+        def execute_job(self, job, queue):
+            try:
+                return super().execute_job(job, queue)
+            finally:
+                if lent is not None:
+                    lent.after_horse()  # the horse has ended: a connection it did not leave clean goes now
 
         def fork_work_horse(self, job, queue):
             # The horse inherits the warm Blender: make sure it is alive (and not worn out) first.
@@ -148,6 +159,11 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
                 except Exception as exc:  # noqa: BLE001 - fall back to one Blender per job, and say so
                     log.warning("no warm Blender (%s): this job starts its own", exc)
                     warm.install(None)
+            if lent is not None:
+                lent.before_horse()
+            # Objects that exist now are never collected in the horse: its garbage collector does not walk
+            # (and so copy, page by page) the main process's whole heap.
+            gc.freeze()
             return super().fork_work_horse(job, queue)
 
     names = parse_queues(queues)
@@ -171,6 +187,12 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
             hint="invoke services",
         ) from exc
     Path(settings.renders_dir).mkdir(parents=True, exist_ok=True)
+    lent = horse_db.LentDatabase(ServiceSettings.from_env(worker_environment(settings)))
+    try:
+        lent.open(warm=lambda sessions: JobManager(manager.redis, sessions).warm_statements())
+    except Exception as exc:  # noqa: BLE001 - not fatal: each job then connects on its own
+        log.warning("no database connection to lend the work horses (%s): each job connects itself", exc)
+    horse_db.install(lent)
     helpers: list[Reaper | PreemptionWatcher] = [Reaper(manager, settings.reap_interval)]
     if settings.preemption_url:
         helpers.append(PreemptionWatcher(settings.preemption_url, settings.preemption_poll))
@@ -185,4 +207,5 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
         for h in helpers:
             h.stop()
         warm_blender.stop()
+        lent.close()
         close(manager)

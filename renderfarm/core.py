@@ -10,6 +10,7 @@ Errors: the render system's exceptions are mapped to statuses here, and only her
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +22,8 @@ import redis
 import redis.exceptions
 import sqlalchemy.exc
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
@@ -284,6 +287,24 @@ def _add_error_handlers(app: FastAPI) -> None:
         sqlalchemy.exc.InterfaceError,
     ):
         app.add_exception_handler(exc_type, unavailable)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        """422 naming each field, as FastAPI does; the values it echoes are made JSON-safe (NaN, infinity)."""
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+def _json_safe(value: Any) -> Any:
+    """value with every NaN or infinity replaced by its text: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def healthz(request: Request) -> JSONResponse:

@@ -32,7 +32,7 @@ def parse_amount(raw: str | int) -> int:
 
 
 def check_email(email: str) -> str:
-    if not EMAIL.match(email) or len(email) > 320:
+    if not EMAIL.fullmatch(email) or len(email) > 320:
         raise BadCredits(f"not an email address: {email!r}")
     return email
 

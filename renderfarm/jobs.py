@@ -92,13 +92,17 @@ class JobManager:
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         heartbeat_ttl: float = 20.0,
         max_lost: int = 2,
+        job_func: str = RENDER_FUNC,
     ) -> None:
+        """job_func: the dotted path of the function rq runs for a job (given the mjid); the render job
+        unless a caller (the benchmark's queue pair) wants the JobManager side with another renderer."""
         self.redis = redis
         self.sessions = sessions
         self.prices = prices if prices is not None else {"preview": 0, "hd": 10}
         self.new_id = new_id
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
+        self.job_func = job_func
 
     # -- reading -------------------------------------------------------------------------------------------
     def get(self, mjid: str) -> JobView:
@@ -157,11 +161,11 @@ class JobManager:
             # Postgres has the render and the charge but Redis does not: undo the charge, keep the record.
             self._finish_in_db(mjid, JobState.FAILED, "could not queue the job (Redis unavailable)")
             raise
-        return self.get(mjid)
+        return JobView.from_hash(fields)  # what the transaction wrote: no second read
 
     def _enqueue(self, queue: QueueName, mjid: str, *, job_id: str, pipe: Pipeline) -> None:
         Queue(queue.value, connection=self.redis).enqueue_call(
-            RENDER_FUNC,
+            self.job_func,
             args=(mjid,),
             job_id=job_id,
             timeout=JOB_TIMEOUT,
@@ -176,19 +180,23 @@ class JobManager:
     def mark_started(self, mjid: str, worker: str, *, heartbeat_ttl: float | None = None) -> JobView:
         ttl = heartbeat_ttl or self.heartbeat_ttl
 
-        def change(h: dict[str, str], pipe: Pipeline) -> None:
+        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
             n = int(h.get("attempts", 0)) + 1
             now = _now()
-            pipe.hset(
-                mq_key(mjid),
-                mapping={"state": JobState.STARTED.value, "attempts": str(n), "started_at": now, "worker": worker},
-            )
+            fields: dict[Any, Any] = {
+                "state": JobState.STARTED.value,
+                "attempts": str(n),
+                "started_at": now,
+                "worker": worker,
+            }
+            pipe.hset(mq_key(mjid), mapping=fields)
             pipe.rpush(
                 attempts_key(mjid),
                 json.dumps({"attempt": n, "queue": h["queue"], "worker": worker, "started_at": now}),
             )
             pipe.set(heartbeat_key(mjid), str(n), px=int(ttl * 1000))
             pipe.sadd(started_key(), mjid)
+            return fields
 
         return self._move(mjid, JobState.STARTED, change)
 
@@ -201,21 +209,25 @@ class JobManager:
         return True
 
     def mark_finished(self, mjid: str, image: str, *, attempt: int) -> JobView:
-        def change(h: dict[str, str], pipe: Pipeline) -> None:
+        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
             now = _now()
-            pipe.hset(mq_key(mjid), mapping={"state": JobState.FINISHED.value, "finished_at": now, "image": image})
+            fields: dict[Any, Any] = {"state": JobState.FINISHED.value, "finished_at": now, "image": image}
+            pipe.hset(mq_key(mjid), mapping=fields)
             self._leave_started(mjid, pipe, "finished", now)
+            return fields
 
         view = self._move(mjid, JobState.FINISHED, change, attempt=attempt)
         self._finish_in_db(mjid, JobState.FINISHED, None)
         return view
 
     def mark_failed(self, mjid: str, error: str, *, attempt: int | None = None, outcome: str = "failed") -> JobView:
-        def change(h: dict[str, str], pipe: Pipeline) -> None:
+        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
             now = _now()
-            pipe.hset(mq_key(mjid), mapping={"state": JobState.FAILED.value, "finished_at": now, "error": error})
+            fields: dict[Any, Any] = {"state": JobState.FAILED.value, "finished_at": now, "error": error}
+            pipe.hset(mq_key(mjid), mapping=fields)
             if h["state"] == JobState.STARTED:
                 self._leave_started(mjid, pipe, outcome, now, error)
+            return fields
 
         view = self._move(mjid, JobState.FAILED, change, attempt=attempt)
         self._finish_in_db(mjid, JobState.FAILED, error)
@@ -234,13 +246,15 @@ class JobManager:
             self.redis.hset(mq_key(mjid), "lost", str(lost))
             return view
 
-        def change(h: dict[str, str], pipe: Pipeline) -> None:
+        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
             now = _now()
-            pipe.hset(mq_key(mjid), mapping={"state": JobState.QUEUED.value, "queue": QueueName.STANDARD.value})
+            fields: dict[Any, Any] = {"state": JobState.QUEUED.value, "queue": QueueName.STANDARD.value}
+            pipe.hset(mq_key(mjid), mapping=fields)
             if counted:
                 pipe.hincrby(mq_key(mjid), "lost", 1)
             self._leave_started(mjid, pipe, reason, now)
             self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{attempt + 1}", pipe=pipe)
+            return fields
 
         return self._move(mjid, JobState.QUEUED, change, attempt=attempt)
 
@@ -262,6 +276,11 @@ class JobManager:
                 continue  # another reaper, or the worker itself, got there first
             done.append((mjid, "sq" if view.state is JobState.QUEUED else view.state.value))
         return done
+
+    def warm_statements(self) -> None:
+        """Run the worker side's SQL once against no row (an UPDATE matching nothing), so that SQLAlchemy has
+        it compiled: a worker does this before it forks work horses, which then inherit it compiled."""
+        self._finish_in_db("", JobState.FINISHED, None)
 
     # -- internals -----------------------------------------------------------------------------------------
     def _leave_started(self, mjid: str, pipe: Pipeline, outcome: str, now: str, error: str | None = None) -> None:
@@ -285,10 +304,12 @@ class JobManager:
         self,
         mjid: str,
         new: JobState,
-        change: Callable[[dict[str, str], Pipeline], None],
+        change: Callable[[dict[str, str], Pipeline], dict[str, str]],
         *,
         attempt: int | None = None,
     ) -> JobView:
+        """Move the job to `new` in one WATCHed transaction; `change` queues the writes and returns the fields
+        it sets in the job's hash. The view returned is the hash as this transaction left it."""
         key = mq_key(mjid)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -303,23 +324,26 @@ class JobManager:
                     if not can_move(old, new):
                         raise InvalidTransition(mjid, old.value, new.value)
                     pipe.multi()
-                    change(h, pipe)
+                    fields = change(h, pipe)
                     pipe.execute()
                     break
                 except WatchError:
                     continue
-        return self.get(mjid)
+        return JobView.from_hash({**h, **fields})
 
     def _finish_in_db(self, mjid: str, state: JobState, error: str | None) -> None:
+        """Record the end in the render's row and, for a failed paid render, refund it once. The UPDATE
+        locks the row for the rest of the transaction, as SELECT ... FOR UPDATE would, in one round trip."""
         with self.sessions.begin() as s:
-            render = s.get(Render, mjid, with_for_update=True)
-            if render is None:
-                return
-            s.execute(
+            render = s.execute(
                 update(Render)
                 .where(Render.mjid == mjid)
                 .values(status=state.value, error=error, finished_at=datetime.now(UTC))
-            )
+                .returning(Render.user_id, Render.price)
+                .execution_options(synchronize_session=False)
+            ).first()
+            if render is None:
+                return
             if state is JobState.FAILED and render.price:
                 s.execute(
                     pg_insert(CreditEntry)

@@ -20,12 +20,13 @@ from pathlib import Path
 
 from rq import get_current_job
 from rq.exceptions import ShutDownImminentException
+from rq.job import Job
 
-from renderfarm import warm
+from renderfarm import horse_db, warm
 from renderfarm.clients import make_engine, make_redis
 from renderfarm.db import make_sessionmaker
 from renderfarm.errors import BlenderRenderError, BlenderVanished, RenderConfigError, StaleAttempt
-from renderfarm.jobs import JobManager
+from renderfarm.jobs import RENDER_FUNC, JobManager
 from renderfarm.render import RenderProfile, profile_for, render_scene
 from renderfarm.scene import Scene, parse_scene
 from renderfarm.settings import Reliability, ServiceSettings
@@ -112,11 +113,33 @@ def render_job(mjid: str) -> str:
     return run_job(mjid, render_with_blender)
 
 
+def horse_manager(job: Job | None) -> tuple[JobManager, Callable[[], None]]:
+    """The JobManager for this job and what to call when the job is done with it.
+
+    In a worker's work horse: the job's own Redis connection (rq's, already open) and the database
+    connection the worker lends its horses (renderfarm.horse_db). Elsewhere: connections of its own."""
+    reliability = Reliability.from_env()
+    lent = horse_db.current()
+    func = (job.func_name if job is not None else None) or RENDER_FUNC  # a retry on sq runs the same function
+    if job is not None and lent is not None:
+        manager = JobManager(
+            job.connection,
+            lent.borrow(),
+            heartbeat_ttl=reliability.heartbeat_ttl,
+            max_lost=reliability.max_lost,
+            job_func=func,
+        )
+        return manager, lent.release
+    manager = job_manager(ServiceSettings.from_env(), reliability)
+    manager.job_func = func
+    return manager, lambda: close(manager)
+
+
 def run_job(mjid: str, render: Renderer) -> str:
     """The JobManager side of a job: started, heartbeat, render, then finished / failed / requeued."""
-    manager = job_manager(ServiceSettings.from_env(), Reliability.from_env())
+    job = get_current_job()
+    manager, done = horse_manager(job)
     try:
-        job = get_current_job()
         worker = (job.worker_name if job is not None else None) or f"pid-{os.getpid()}"
         view = manager.mark_started(mjid, worker)
         attempt = view.attempts
@@ -150,4 +173,4 @@ def run_job(mjid: str, render: Renderer) -> str:
         log.warning("%s: the job moved on without this worker; its result is dropped", exc)
         return "stale"
     finally:
-        close(manager)
+        done()

@@ -105,8 +105,10 @@ def install(
             req.console.print(f"  [dim]blender source {name}: skipped: {escape(exc.message)}[/dim]")
         except RenderdevError as exc:
             why = exc.message.splitlines()[0]
-            failures.append((name, why))
             req.console.print(f"  [yellow]blender source {name}: failed: {escape(why)}[/yellow]")
+            if exc.hint:  # what this source's failure means (e.g. "the download is damaged: try again")
+                why += f"\n      ({exc.hint})"
+            failures.append((name, why))
     listed = "\n".join(f"  - {name}: {why}" for name, why in failures)
     raise BlenderError(
         f"could not install Blender {req.version} from any source:\n{listed}",

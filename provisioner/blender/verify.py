@@ -41,9 +41,7 @@ def _load_cache() -> dict[str, list[str | None]]:
     return {}
 
 
-def reported_version(
-    binary: Path, *, timeout: float = VERSION_TIMEOUT, cached: bool = True
-) -> tuple[str | None, str]:
+def reported_version(binary: Path, *, timeout: float = VERSION_TIMEOUT, cached: bool = True) -> tuple[str | None, str]:
     """(version, first line) from `<binary> --version`; version is None when the line names none.
 
     With cached, an answer remembered for this very file is returned without running it."""
