@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import URL
-
 from provisioner import compose
 from provisioner.config import SERVICES, Settings
 from provisioner.dockerapi import PROJECT_LABEL, project_containers, service_container
@@ -47,6 +45,8 @@ def redis_url(settings: Settings) -> str:
 
 def db_url(settings: Settings) -> str:
     """SQLAlchemy URL (psycopg 3) for the stack's database, as seen from the host."""
+    from sqlalchemy.engine import URL  # imported here: setup and status never need SQLAlchemy
+
     url = URL.create(
         "postgresql+psycopg",
         username=settings.db_user,
