@@ -40,22 +40,7 @@ def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> bool:
             return False
     except OSError:
         pass
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _raise_write(path, exc) from exc
-    try:
-        with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise _raise_write(path, exc) from exc
+    atomic_write_bytes(path, text.encode(), mode=mode)
     return True
 
 
@@ -159,7 +144,7 @@ def _append(text: str, block: str) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write bytes to path atomically (temp file beside it, fsync, rename)."""
+    """Write bytes to path atomically: a temp file beside it (same filesystem), fsync, then rename."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
