@@ -105,3 +105,26 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"skipped in CI, which counts as a failure: {reason}"
+
+
+@pytest.fixture(scope="module")
+def api(stack):  # type: ignore[no-untyped-def]
+    """An HTTP client for the API of the module's `stack` (each pipeline module defines its own stack)."""
+    import httpx
+
+    from provisioner.services import api_url
+
+    with httpx.Client(base_url=api_url(stack), timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def r(stack):  # type: ignore[no-untyped-def]
+    """A Redis client for the module's `stack`."""
+    import redis
+
+    from provisioner.services import redis_url
+
+    client = redis.Redis.from_url(redis_url(stack))
+    yield client
+    client.close()

@@ -34,6 +34,16 @@ SLOW = {"RENDERFARM_PREVIEW_SAMPLES": "2", "RENDERFARM_HD_SAMPLES": "512"}  # lo
 
 
 @contextmanager
+def running_stack(client: DockerClient, settings: Settings) -> Iterator[Settings]:
+    """The project's redis, db and api, up and healthy; removed with its volumes afterwards."""
+    try:
+        apply_steps(make_console(), plan_services(client, settings), dry_run=False)
+        yield settings
+    finally:
+        down(client, settings, volumes=True)
+
+
+@contextmanager
 def isolated_stack(client: DockerClient, tmp: Path, **overrides: Any) -> Iterator[Settings]:
     values: dict[str, Any] = dict(
         project=f"rdt-{uuid.uuid4().hex[:8]}",
@@ -42,25 +52,33 @@ def isolated_stack(client: DockerClient, tmp: Path, **overrides: Any) -> Iterato
         db_port=free_port(),
         api_port=free_port(),
         blender_link=tmp / "bin" / "blender",  # absent: workers use `blender` from PATH
+        blender_install_root=tmp / "blender",
+        aliases_file=tmp / "cfg" / "aliases.sh",
+        rc_files=[tmp / "home" / ".bashrc"],
     )
     values.update(overrides)
-    settings = load_settings(**values)
-    try:
-        apply_steps(make_console(), plan_services(client, settings), dry_run=False)
+    with running_stack(client, load_settings(**values)) as settings:
         yield settings
-    finally:
-        down(client, settings, volumes=True)
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """os.environ without any RENDERDEV_* of the developer's, plus every setting of `settings` that names the
+    stack or places something on the host, and samples lowered so renders are quick (`extra` wins)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDERDEV_")}
     env.update(
+        RENDERDEV_CONFIG=str(settings.state_dir.parent / "no-renderdev.toml"),  # no project file is read
         RENDERDEV_PROJECT=settings.project,
         RENDERDEV_STATE_DIR=str(settings.state_dir),
         RENDERDEV_REDIS_PORT=str(settings.redis_port),
         RENDERDEV_DB_PORT=str(settings.db_port),
         RENDERDEV_API_PORT=str(settings.api_port),
+        RENDERDEV_BLENDER_INSTALL_ROOT=str(settings.blender_install_root),
         RENDERDEV_BLENDER_LINK=str(settings.blender_link),
+        RENDERDEV_ALIASES_FILE=str(settings.aliases_file),
+        RENDERDEV_RC_FILES=json.dumps([str(p) for p in settings.rc_files]),
+        RENDERDEV_BLENDER_VERSIONS_FILE=str(settings.blender_versions_file),
+        # never the real download.blender.org: a closed loopback port answers at once
+        RENDERDEV_BLENDER_OFFICIAL_BASE=f"http://127.0.0.1:{free_port()}/release",
         RENDERDEV_HEARTBEAT_TTL=str(settings.heartbeat_ttl),
         RENDERDEV_REAP_INTERVAL=str(settings.reap_interval),
         RENDERDEV_MAX_LOST=str(settings.max_lost),

@@ -4,24 +4,19 @@ host that show whether a refused command changed anything."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from docker import DockerClient
 
 from provisioner.config import Settings, load_settings
-from provisioner.console import make_console
 from provisioner.dockerapi import PROJECT_LABEL
-from provisioner.plan import apply_steps
-from provisioner.services import down, plan_services
 from tests.conftest import free_port
+from tests.stackutil import env_for, running_stack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,27 +73,9 @@ def new_host(base: Path, prefix: str) -> Host:
     return Host(base=base, project=f"{prefix}-{uuid.uuid4().hex[:8]}")
 
 
-def invoke_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """os.environ without any RENDERDEV_* of the developer's, plus every setting of `settings` that places
-    something on the host or names the stack."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDERDEV_")}
-    env.update(
-        RENDERDEV_CONFIG=str(settings.state_dir.parent / "no-renderdev.toml"),  # no project file is read
-        RENDERDEV_PROJECT=settings.project,
-        RENDERDEV_STATE_DIR=str(settings.state_dir),
-        RENDERDEV_REDIS_PORT=str(settings.redis_port),
-        RENDERDEV_DB_PORT=str(settings.db_port),
-        RENDERDEV_API_PORT=str(settings.api_port),
-        RENDERDEV_BLENDER_INSTALL_ROOT=str(settings.blender_install_root),
-        RENDERDEV_BLENDER_LINK=str(settings.blender_link),
-        RENDERDEV_ALIASES_FILE=str(settings.aliases_file),
-        RENDERDEV_RC_FILES=json.dumps([str(p) for p in settings.rc_files]),
-        RENDERDEV_BLENDER_VERSIONS_FILE=str(settings.blender_versions_file),
-        # never the real download.blender.org: a closed loopback port answers at once
-        RENDERDEV_BLENDER_OFFICIAL_BASE=f"http://127.0.0.1:{free_port()}/release",
-    )
-    env.update(extra)
-    return env
+# One way to run `invoke` against an isolated stack, for every test that does.
+invoke_env = env_for
+compose_stack = running_stack
 
 
 def invoke_argv(*args: str) -> list[str]:
@@ -107,16 +84,6 @@ def invoke_argv(*args: str) -> list[str]:
 
 def run_invoke(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(invoke_argv(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@contextlib.contextmanager
-def compose_stack(client: DockerClient, settings: Settings) -> Iterator[Settings]:
-    """The isolated project's redis, db and api, up and healthy; removed with its volumes afterwards."""
-    try:
-        apply_steps(make_console(), plan_services(client, settings), dry_run=False)
-        yield settings
-    finally:
-        down(client, settings, volumes=True)
 
 
 def tree(folder: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ import redis
 from docker import DockerClient
 
 from provisioner.config import Settings
-from provisioner.services import api_url, redis_url
+from provisioner.services import redis_url
 from renderfarm.keys import mq_key
 from renderfarm.render import png_size
 from tests.stackutil import (
@@ -59,19 +59,6 @@ def stack(
         max_lost=1,
     ) as settings:
         yield settings
-
-
-@pytest.fixture(scope="module")
-def api(stack: Settings) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url(stack), timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def r(stack: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url(stack))
-    yield client
-    client.close()
 
 
 def post_hd(api: httpx.Client, user: str) -> str:

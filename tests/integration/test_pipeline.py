@@ -18,7 +18,6 @@ import redis
 from docker import DockerClient
 
 from provisioner.config import Settings
-from provisioner.services import api_url, redis_url
 from renderfarm.keys import mq_index_key, mq_key
 from renderfarm.render import png_size
 from tests.stackutil import (
@@ -45,19 +44,6 @@ def stack(
 ) -> Iterator[Settings]:
     with isolated_stack(docker_client, tmp_path_factory.mktemp("pipeline"), hd_price=10) as settings:
         yield settings
-
-
-@pytest.fixture(scope="module")
-def api(stack: Settings) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url(stack), timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def r(stack: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url(stack))
-    yield client
-    client.close()
 
 
 def test_openapi_schema_is_served(api: httpx.Client) -> None:
