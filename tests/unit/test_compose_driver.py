@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,10 @@ def test_detects_once_per_path(tmp_path: Path) -> None:
     assert detect_driver(str(tmp_path / "bin")) is first
 
 
-def test_compose_env_and_argv(tmp_path: Path) -> None:
+def test_compose_env_and_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("RENDERDEV_")]:  # the defaults, whatever the shell has
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
     settings = load_settings(
         project="rdunit", state_dir=tmp_path / "state", redis_port=7001, db_port=7002, api_port=7003
     )
