@@ -273,5 +273,26 @@ def render(
     )
 
 
+@task(
+    iterable=["only"],
+    help={
+        "quick": "one pair of each, no cold setup (CI: proves the bench runs; never fails on a missed goal)",
+        "pairs": "interleaved A/B pairs per measurement, after one warm-up pair (default 5)",
+        "only": "run only these: setup, preview, install, queue, memory, cold (repeatable, or a comma list)",
+        "out": "where to write the JSON results (default bench/results.json)",
+    },
+)
+@edge
+def bench(
+    c: Context, quick: bool = False, pairs: int = 5, only: list[str] | None = None, out: str = "bench/results.json"
+) -> None:
+    """Benchmark against a throw-away stack: each pair interleaved, medians, ratios, goals (see bench/)."""
+    from pathlib import Path
+
+    from bench.run import run_bench
+
+    run_bench(quick=quick, pairs=pairs, only=only or [], out=Path(out))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("run tasks with: invoke --list")

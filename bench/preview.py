@@ -1,0 +1,121 @@
+"""Pair 2: an end-to-end preview through the stack vs a bare Blender render of the same scene.
+
+A: POST /renders (preview), poll GET /renders/{mjid} every POLL seconds until finished, GET the image
+(a PNG): the API, the JobManager, rq and a long-running `invoke worker --queues pq` with its warm
+Blender, started before the pairs (the warm-up pair starts its Blender).
+B: `blender -b --factory-startup -noaudio --python-exit-code 1 --python renderfarm/blender_scene.py -- ...`
+with the same scene (`Scene.model_dump_json()` of the parsed scene), size, samples and seed, run with the
+bench stack's linked Blender (the install from the loopback mirror).
+
+Two scenes, two pairs: `preview`, the furnished-room example (what `invoke render` sends by default: on
+two cores its render takes several times Blender's start-up), and `preview_small`, its first five objects
+(a render about as long as Blender's start-up, the case the issue's goal was written for).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from typing import Any
+
+import httpx
+
+from bench.errors import BenchError
+from bench.harness import Goal, GoalKind, PairResult, PairSpec, run_pair
+from bench.proc import run
+from bench.stack import BenchStack, Log
+from provisioner.services import api_url
+from renderfarm.examples import example_scene_path
+from renderfarm.render import DEFAULT_PROFILES, Quality, RenderProfile, blender_command, blender_env, png_size
+from renderfarm.scene import parse_scene
+
+NAME = "preview"
+SMALL = "preview_small"
+SMALL_OBJECTS = 5
+POLL = 0.05  # seconds between status requests (invoke render's own spinner polls every 0.25 s)
+RENDER_TIMEOUT = 300.0
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def fetch_render(http: httpx.Client, user: str, scene: dict[str, Any], quality: str = "preview") -> bytes:
+    """POST a render, wait for it, GET its image; the PNG's bytes."""
+    resp = http.post("/renders", json={"user": user, "quality": quality, "scene": scene})
+    if resp.status_code != 202:
+        raise BenchError(f"POST /renders answered {resp.status_code}: {resp.text[:300]}")
+    mjid = resp.json()["mjid"]
+    deadline = time.monotonic() + RENDER_TIMEOUT
+    while True:
+        job = http.get(f"/renders/{mjid}").json()
+        if job["state"] == "finished":
+            break
+        if job["state"] == "failed":
+            raise BenchError(f"render {mjid} failed: {job.get('error')}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"render {mjid} still {job['state']} after {RENDER_TIMEOUT:.0f} s")
+        time.sleep(POLL)
+    img = http.get(f"/renders/{mjid}/image")
+    if img.status_code != 200 or not img.content.startswith(PNG_SIGNATURE):
+        raise BenchError(f"GET /renders/{mjid}/image answered {img.status_code}, not a PNG")
+    return img.content
+
+
+def measure(stack: BenchStack, *, pairs: int, warmup: int, log: Log, small: bool = False) -> PairResult:
+    settings = stack.settings
+    scene_data = json.loads(example_scene_path().read_text())
+    if small:
+        scene_data["objects"] = scene_data["objects"][:SMALL_OBJECTS]
+    scene = parse_scene(scene_data)
+    profile: RenderProfile = DEFAULT_PROFILES[Quality.PREVIEW]
+    name = SMALL if small else NAME
+    work = stack.root / name
+    work.mkdir(parents=True, exist_ok=True)
+    scene_file = work / "scene.json"
+    scene_file.write_text(scene.model_dump_json(), encoding="utf-8")
+    out = work / "bare.png"
+    user = stack.seed_user()
+    r = stack.redis()
+    worker = stack.start_worker("pq", f"{name}-worker")
+    try:
+        stack.wait_for_worker(worker, f"{name}-worker", r)
+        with (
+            httpx.Client(base_url=api_url(settings), timeout=30.0) as http,
+            resources.as_file(resources.files("renderfarm").joinpath("blender_scene.py")) as script,
+        ):
+            argv = blender_command(str(settings.blender_link), script, scene_file, out, profile, 0)
+            env = blender_env()
+
+            def end_to_end() -> float:
+                start = time.perf_counter()
+                fetch_render(http, user, scene_data)
+                return time.perf_counter() - start
+
+            def bare_blender() -> float:
+                out.unlink(missing_ok=True)
+                seconds, _ = run(argv, env=env, timeout=RENDER_TIMEOUT)
+                if png_size(out) != (profile.width, profile.height):
+                    raise BenchError(f"bare Blender wrote {png_size(out)}, expected {profile.width}x{profile.height}")
+                return seconds
+
+            spec = PairSpec(
+                name=name,
+                title=f"end-to-end preview ({profile.width}x{profile.height}, {profile.samples} samples, "
+                f"{len(scene.objects)} objects) vs bare blender -b of the same scene",
+                a_label="POST /renders -> poll -> GET image (warm worker)",
+                b_label="blender -b --python blender_scene.py",
+                a=end_to_end,
+                b=bare_blender,
+                goal=Goal(0.7, GoalKind.AT_MOST),
+            )
+            result = run_pair(spec, pairs=pairs, warmup=warmup, log=log)
+    except BaseException:
+        log(f"{name} worker log:\n{stack.worker_log(f'{name}-worker')}")
+        raise
+    finally:
+        stack.stop_worker(worker)
+        r.close()
+    what = f"its first {SMALL_OBJECTS} objects" if small else "all of it"
+    result.notes.append(
+        f"scene: {example_scene_path().name}, {what} ({len(scene.objects)} objects); poll every {POLL} s"
+    )
+    return result

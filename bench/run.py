@@ -1,0 +1,147 @@
+"""`invoke bench`: make the bench stack, run the chosen measurements, print the table, write the JSON.
+
+Full run: `pairs` pairs after one warm-up pair each, the queue pair with 500 jobs, memory over 100 jobs,
+and the cold setup. Quick run (CI): one pair each, the queue pair with 100 jobs and no warm-up, memory
+over 12 jobs, no cold setup; it proves the bench runs, and says so next to its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import machine
+from bench.errors import BenchError
+from bench.harness import PairResult
+from bench.stack import BenchStack, bench_stack
+
+PAIRS = ("setup", "preview", "preview_small", "install", "queue")
+OTHERS = ("memory", "cold")
+NAMES = PAIRS + OTHERS
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    pairs: int
+    warmup: int
+    queue_jobs: int
+    queue_warmup: int
+    memory_jobs: int
+    only: tuple[str, ...]
+
+    @classmethod
+    def make(cls, *, quick: bool, pairs: int, only: Iterable[str] = ()) -> Plan:
+        names = tuple(dict.fromkeys(n.strip() for item in only for n in item.split(",") if n.strip()))
+        unknown = [n for n in names if n not in NAMES]
+        if unknown:
+            raise BenchError(f"unknown measurement(s): {', '.join(unknown)} (known: {', '.join(NAMES)})")
+        if not quick and pairs < 1:
+            raise BenchError(f"--pairs must be at least 1, got {pairs}")
+        chosen = names or tuple(n for n in NAMES if not (quick and n == "cold"))
+        if quick:
+            return cls(True, 1, 1, 100, 0, 12, chosen)
+        return cls(False, pairs, 1, 500, 1, 100, chosen)
+
+
+def run_bench(*, quick: bool, pairs: int, only: Iterable[str], out: Path, log: Log = print) -> dict[str, Any]:
+    """Run the plan against a fresh bench stack; write the JSON to out; return it."""
+    from provisioner.dockerapi import docker_client
+
+    plan = Plan.make(quick=quick, pairs=pairs, only=only)
+    report: dict[str, Any] = {
+        "date": machine.now(),
+        "git": machine.commit(),
+        "machine": machine.describe(),
+        "command": " ".join(["python -m invoke bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "run_bench",
+        "quick": plan.quick,
+        "plan": asdict(plan),
+        "pairs": [],
+    }
+    log(f"bench: {'quick' if plan.quick else 'full'} run of {', '.join(plan.only)}")
+    started = time.monotonic()
+    client = docker_client()
+    try:
+        with bench_stack(client, log) as stack:
+            for name in plan.only:
+                log(f"== {name}")
+                result = _measure(name, stack, plan, log)
+                if isinstance(result, PairResult):
+                    report["pairs"].append(result.to_json())
+                else:
+                    report[name] = result
+    finally:
+        client.close()
+        report["machine"]["load_at_end"] = machine.load()
+        report["seconds"] = round(time.monotonic() - started, 1)
+        write(out, report)
+    for line in table(report):
+        log(line)
+    log(f"bench: results written to {out}")
+    return report
+
+
+def _measure(name: str, stack: BenchStack, plan: Plan, log: Log) -> PairResult | dict[str, Any]:
+    if name == "setup":
+        from bench import warm_setup
+
+        return warm_setup.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log)
+    if name in ("preview", "preview_small"):
+        from bench import preview
+
+        return preview.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log, small=name == "preview_small")
+    if name == "install":
+        from bench import install
+
+        return install.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log)
+    if name == "queue":
+        from bench import queue
+
+        return queue.measure(stack, pairs=plan.pairs, warmup=plan.queue_warmup, jobs=plan.queue_jobs, log=log)
+    if name == "memory":
+        from bench import memory
+
+        return memory.measure(stack, jobs=plan.memory_jobs, log=log)
+    from bench import cold
+
+    return cold.measure(stack, log=log)
+
+
+def write(out: Path, report: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, out)
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    """The summary: one line per pair (median A, median B, median ratio, goal, met), then memory and cold."""
+    lines = [f"{'pair':<14} {'median A':>10} {'median B':>10} {'ratio':>7}  {'goal':<9} met"]
+    for p in report["pairs"]:
+        met = "yes" if p["met"] else "NO"
+        ratio = f"{p['median_ratio']:.2f}x"
+        lines.append(f"{p['name']:<14} {p['median_a']:>9.3f}s {p['median_b']:>9.3f}s {ratio:>7}  {p['goal']:<9} {met}")
+    mem = report.get("memory")
+    if mem:
+        lines.append(
+            f"{'memory':<14} RSS after job {mem['baseline_job']} {mem['rss_baseline_mib']} MiB, "
+            f"after job {mem['jobs']} {mem['rss_last_mib']} MiB: {mem['growth_percent']:+.1f}%  goal {mem['goal']}  "
+            f"{'yes' if mem['met'] else 'NO'}"
+        )
+    cold = report.get("cold")
+    if cold:
+        lines.append(
+            f"cold           invoke setup from nothing: {cold['seconds']:.0f} s (see the JSON for what was cold)"
+        )
+    if report["quick"]:
+        lines.append("quick run: one pair each; it proves the bench runs, its figures are not the results")
+    missed = [p["name"] for p in report["pairs"] if not p["met"]] + (["memory"] if mem and not mem["met"] else [])
+    lines.append(f"goals missed: {', '.join(missed)}" if missed else "every goal met")
+    return lines
