@@ -166,8 +166,8 @@ def stop_blender(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> None:
 def blender_env() -> dict[str, str]:
     """The environment Blender runs in: no host PYTHONPATH/PYTHONHOME, and a fixed str hash seed."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-    # Blender's Python randomises str hashes per process, which changed the build order of the scene
-    # and so a few pixels between two renders of the same scene and seed (seen: 9 of 691,560 bytes).
+    # Blender's Python randomises str hashes per process: fix them, so the scene script runs the same
+    # way every time. (Cycles itself still differs by a few pixels between runs: see tests/pixels.py.)
     env["PYTHONHASHSEED"] = "0"
     return env
 
