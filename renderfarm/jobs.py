@@ -8,6 +8,7 @@ render, exactly once (a unique key on (mjid, reason)), and refunded once when th
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,13 +37,16 @@ from renderfarm.keys import (
     attempts_key,
     can_move,
     heartbeat_key,
+    limbo_key,
     mq_index_key,
     mq_key,
+    queued_key,
     started_key,
 )
 
 RENDER_FUNC = "renderfarm.work.render_job"  # imported by the worker only: the API never loads Blender code
 JOB_TIMEOUT = 3600
+ORPHAN_LIMIT = 3  # a job that never starts after this many rescues fails (and is refunded)
 # The statement every job's end runs, as plain SQL on db.Render's table: a work horse is forked for each
 # job, and the ORM's bulk-update path costs a fresh fork several milliseconds more than this.
 FINISH_RENDER = text(
@@ -170,6 +174,9 @@ class JobManager:
         return JobView.from_hash(fields)  # what the transaction wrote: no second read
 
     def _enqueue(self, queue: QueueName, mjid: str, *, job_id: str, pipe: Pipeline) -> None:
+        # Which rq job carries the mjid now, and since when: what reap_orphans checks.
+        pipe.hset(mq_key(mjid), mapping={"rq_job": job_id, "queued_at": str(time.time())})
+        pipe.sadd(queued_key(), mjid)
         Queue(queue.value, connection=self.redis).enqueue_call(
             self.job_func,
             args=(mjid,),
@@ -202,6 +209,7 @@ class JobManager:
             )
             pipe.set(heartbeat_key(mjid), str(n), px=int(ttl * 1000))
             pipe.sadd(started_key(), mjid)
+            pipe.srem(queued_key(), mjid)
             return fields
 
         return self._move(mjid, JobState.STARTED, change)
@@ -233,6 +241,7 @@ class JobManager:
             pipe.hset(mq_key(mjid), mapping=fields)
             if h["state"] == JobState.STARTED:
                 self._leave_started(mjid, pipe, outcome, now, error)
+            pipe.srem(queued_key(), mjid)
             return fields
 
         view = self._move(mjid, JobState.FAILED, change, attempt=attempt)
@@ -282,6 +291,56 @@ class JobManager:
                 continue  # another reaper, or the worker itself, got there first
             done.append((mjid, "sq" if view.state is JobState.QUEUED else view.state.value))
         return done
+
+    def reap_orphans(self, *, grace: float | None = None) -> list[str]:
+        """Queued jobs whose rq job is gone before any worker started it: a worker stopped or killed
+        between taking the job off the queue and starting it (rq then fails the job, or leaves it in the
+        queue's intermediate list, which rq only cleans every 10 minutes). They are queued again on sq,
+        once they have been out of their queue for `grace` seconds (default: the heartbeat TTL)."""
+        wait = self.heartbeat_ttl if grace is None else grace
+        rescued: list[str] = []
+        for mjid in self._decode_list(self.redis.smembers(queued_key())):
+            h = self._decode(self.redis.hgetall(mq_key(mjid)))
+            if h.get("state") != JobState.QUEUED:
+                self.redis.srem(queued_key(), mjid)
+                continue
+            rq_id = h.get("rq_job", mjid)
+            queue_key = f"rq:queue:{h.get('queue', QueueName.PREEMPTIBLE.value)}"
+            if self.redis.lpos(queue_key, rq_id) is not None:
+                self.redis.delete(limbo_key(mjid))
+                continue  # waiting its turn
+            status = self.redis.hget(f"rq:job:{rq_id}", "status")
+            if status in (b"queued", b"started") or status is None and self.redis.exists(f"rq:job:{rq_id}"):
+                # Taken off the queue by a worker: fine, if it starts soon. Remember since when.
+                self.redis.set(limbo_key(mjid), str(time.time()), nx=True, ex=3600)
+                since = float(self.redis.get(limbo_key(mjid)) or time.time())
+                if time.time() - since < wait:
+                    continue
+            try:
+                if int(h.get("orphaned", 0)) >= ORPHAN_LIMIT:
+                    msg = f"taken off its queue {ORPHAN_LIMIT} times and never started (last rq job {rq_id})"
+                    self.mark_failed(mjid, msg, outcome="orphaned")
+                else:
+                    self._requeue_orphan(mjid, rq_id, queue_key)
+            except (InvalidTransition, WatchError):
+                continue
+            rescued.append(mjid)
+        return rescued
+
+    def _requeue_orphan(self, mjid: str, rq_id: str, queue_key: str) -> None:
+        key = mq_key(mjid)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.watch(key)
+            h = self._decode(pipe.hgetall(key))
+            if h.get("state") != JobState.QUEUED or h.get("rq_job", mjid) != rq_id:
+                raise InvalidTransition(mjid, h.get("state", "?"), JobState.QUEUED.value)
+            n = int(h.get("orphaned", 0)) + 1
+            pipe.multi()
+            pipe.lrem(f"{queue_key}:intermediate", 0, rq_id)  # so no late worker picks the old rq job too
+            pipe.hset(key, mapping={"queue": QueueName.STANDARD.value, "orphaned": str(n)})
+            pipe.delete(limbo_key(mjid))
+            self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-q{n}", pipe=pipe)
+            pipe.execute()
 
     def warm_statements(self) -> None:
         """Run the worker side's SQL once against no row (an UPDATE matching nothing), so that SQLAlchemy has

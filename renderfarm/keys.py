@@ -59,3 +59,13 @@ def heartbeat_key(mjid: str) -> str:
 def started_key() -> str:
     """The mjids in the started state (a Redis set): what the reaper looks at."""
     return f"{PREFIX}:started"
+
+
+def queued_key() -> str:
+    """The mjids in the queued state (a Redis set): what the orphan check looks at."""
+    return f"{PREFIX}:queued"
+
+
+def limbo_key(mjid: str) -> str:
+    """When a queued job was first seen taken off its queue but not started (a Redis string, a timestamp)."""
+    return f"{PREFIX}:mq:{mjid}:limbo"

@@ -26,6 +26,8 @@ class Reaper(threading.Thread):
             try:
                 for mjid, where in self.manager.reap_lost():
                     log.warning("job %s lost its worker: %s", mjid, "retried on sq" if where == "sq" else "failed")
+                for mjid in self.manager.reap_orphans():
+                    log.warning("job %s was taken off its queue and never started: queued again on sq", mjid)
             except Exception:  # noqa: BLE001 - Redis or Postgres away: try again next round
                 log.exception("reaper round failed")
 

@@ -250,3 +250,24 @@ def test_a_presumed_lost_worker_that_comes_back_changes_nothing(
     assert [(a["queue"], a["outcome"]) for a in attempts(r, mjid)] == [("pq", "lost"), ("sq", "finished")]
     assert job(api, mjid)["state"] == "finished"
     assert_one_image_charged_once(stack, api, mjid, user, tmp_path)
+
+
+@pytest.mark.parametrize("how", ["taken-not-started", "rq-failed-it"])
+def test_a_job_taken_off_its_queue_but_never_started_is_queued_again(
+    stack: Settings, api: httpx.Client, r: redis.Redis, how: str
+) -> None:
+    """A worker stopped between taking a job off pq and starting it: rq leaves the job in the queue's
+    intermediate list (or fails it, when the stop kills the work horse first). The reaper queues it again."""
+    user = new_user(stack, credits=PRICE)
+    mjid = post_hd(api, user)
+    assert r.lmove("rq:queue:pq", "rq:queue:pq:intermediate") == mjid.encode()  # what a worker's dequeue does
+    if how == "rq-failed-it":
+        r.lrem("rq:queue:pq:intermediate", 0, mjid)
+        r.hset(f"rq:job:{mjid}", "status", "failed")
+    took = wait_for(lambda: on_sq(api, mjid), 30, f"{mjid} queued again on sq")
+    print(f"{how}: queued again on sq after {took:.1f} s (grace: heartbeat TTL {stack.heartbeat_ttl} s)")
+    assert r.hget(mq_key(mjid), "orphaned") == b"1"
+    assert mjid not in [x.decode() for x in r.lrange("rq:queue:pq:intermediate", 0, -1)]
+    finish_on_standard(stack, api, mjid)
+    assert ledger(stack, mjid) == [("charge", -PRICE)]
+    assert [(a["queue"], a["outcome"]) for a in attempts(r, mjid)] == [("sq", "finished")]
