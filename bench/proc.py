@@ -1,12 +1,15 @@
-"""Run and time the bench's subprocesses with exactly the environment given (nothing inherited)."""
+"""Run and time the bench's subprocesses with exactly the environment given (nothing inherited); find
+the processes below one, and a free port. The tests use these too."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from provisioner import proc
 from provisioner.config import REPO_ROOT
 from provisioner.errors import CommandError
 
@@ -14,7 +17,34 @@ TAIL_LINES = 25
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+    return proc.tail(text, lines)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it, from /proc (a Blender in its own session is still a child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
 
 
 def run(

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
 from bench.mirror import Mirror, loopback_mirror
-from bench.proc import run, tail
+from bench.proc import descendants, free_port, run, tail
 from provisioner.config import REPO_ROOT, SERVICES, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -45,12 +44,6 @@ SETUP_TIMEOUT = 3600.0
 WORKER_READY_TIMEOUT = 60.0
 STRIPPED_PREFIXES = ("RENDERDEV_", "RENDERFARM_")
 Log = Callable[[str], None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stack_values(root: Path, mirror: Mirror, *, project: str, image_tag: str, **extra: Any) -> dict[str, Any]:
@@ -201,26 +194,6 @@ def started_at(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def tag_images(client: docker.DockerClient, settings: Settings, from_tag: str = "dev") -> list[str]:

@@ -41,6 +41,7 @@ from renderfarm.keys import (
     mq_index_key,
     mq_key,
     queued_key,
+    scene_key,
     started_key,
 )
 
@@ -120,7 +121,11 @@ class JobManager:
         return JobView.from_hash(h)
 
     def scene(self, mjid: str) -> dict[str, Any]:
-        return json.loads(self._hash(mjid)["scene"])
+        raw = self.redis.get(scene_key(mjid))
+        if raw is None:
+            raise NoSuchJob(mjid)
+        data: dict[str, Any] = json.loads(raw)
+        return data
 
     def attempts(self, mjid: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self._decode_list(self.redis.lrange(attempts_key(mjid), 0, -1))]
@@ -158,12 +163,12 @@ class JobManager:
             "attempts": "0",
             "price": str(price),
             "created_at": now,
-            "scene": json.dumps(scene, separators=(",", ":")),
         }
         try:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.multi()  # explicit MULTI first: rq's enqueue joins the transaction we opened
                 pipe.hset(mq_key(mjid), mapping=fields)
+                pipe.set(scene_key(mjid), json.dumps(scene, separators=(",", ":")))
                 pipe.zadd(mq_index_key(), {mjid: datetime.now(UTC).timestamp()})
                 self._enqueue(QueueName.PREEMPTIBLE, mjid, job_id=mjid, pipe=pipe)
                 pipe.execute()

@@ -41,6 +41,12 @@ def mq_key(mjid: str) -> str:
     return f"{PREFIX}:mq:{mjid}"
 
 
+def scene_key(mjid: str) -> str:
+    """The job's scene JSON (a Redis string), kept out of the ledger hash so that every state change,
+    which reads the whole hash, stays small whatever the scene's size."""
+    return f"{PREFIX}:mq:{mjid}:scene"
+
+
 def mq_index_key() -> str:
     """Every mjid the manager knows, scored by creation time (a Redis sorted set)."""
     return f"{PREFIX}:mq"

@@ -6,21 +6,16 @@ No integration test skips: without a Docker engine the run fails and says why.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.proc import free_port
+
 # testcontainers' reaper image cannot be pulled here: we clean up our own containers by label.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -20,13 +20,13 @@ import redis
 from docker import DockerClient
 from sqlalchemy import create_engine, text
 
+from bench.proc import descendants, free_port
 from provisioner.config import Settings, load_settings
 from provisioner.console import make_console
 from provisioner.plan import apply_steps
 from provisioner.services import db_url, down, plan_services
 from renderfarm.examples import example_scene_path
 from renderfarm.keys import attempts_key
-from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"RENDERFARM_PREVIEW_SAMPLES": "2", "RENDERFARM_HD_SAMPLES": "1"}
@@ -117,26 +117,6 @@ def start_worker(settings: Settings, queues: str, log: Path, **extra: str) -> su
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (Blender runs in its own session, but is still a child)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def blender_pids(pid: int) -> list[int]:

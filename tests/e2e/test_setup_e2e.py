@@ -11,27 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from bench.proc import free_port
+from renderfarm.examples import load_example_scene
+from renderfarm.render import RenderProfile, render_scene
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[2]
-
-RENDER_SCRIPT = """
-import bpy, sys
-out = sys.argv[sys.argv.index("--") + 1]
-scene = bpy.context.scene
-scene.render.engine = "CYCLES"
-scene.cycles.device = "CPU"
-scene.cycles.samples = 4
-scene.cycles.use_denoising = False
-for layer in scene.view_layers:
-    layer.cycles.use_denoising = False
-scene.render.resolution_x, scene.render.resolution_y = 64, 48
-scene.render.resolution_percentage = 100
-scene.render.image_settings.file_format = "PNG"
-scene.render.filepath = out
-bpy.ops.render.render(write_still=True)
-"""
 
 
 def _invoke(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -96,27 +81,10 @@ def test_invoke_setup_end_to_end(docker_client, project_images, tmp_path: Path, 
     first_line = subprocess.run([str(link), "--version"], capture_output=True, text=True, check=True).stdout
     assert first_line.splitlines()[0].strip() == f"Blender {declared}"
 
+    # A real render of a tiny scene by the linked Blender, through the same code the workers run.
     out = tmp_path / "tiny.png"
-    script = tmp_path / "render.py"
-    script.write_text(RENDER_SCRIPT)
-    subprocess.run(
-        [
-            str(link),
-            "-b",
-            "--factory-startup",
-            "-noaudio",
-            "--python-exit-code",
-            "1",
-            "--python",
-            str(script),
-            "--",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
+    tiny = load_example_scene().model_copy(update={"objects": []})
+    render_scene(tiny, RenderProfile(width=64, height=48, samples=4), out, blender=str(link), timeout=300)
     assert _png_size(out) == (64, 48)
 
     assert "renderdev aliases" in (home / ".bashrc").read_text()

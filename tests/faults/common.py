@@ -13,9 +13,9 @@ from pathlib import Path
 
 from docker import DockerClient
 
+from bench.proc import free_port
 from provisioner.config import Settings, load_settings
 from provisioner.dockerapi import PROJECT_LABEL
-from tests.conftest import free_port
 from tests.stackutil import env_for, running_stack
 
 REPO = Path(__file__).resolve().parents[2]

@@ -35,11 +35,11 @@ from docker import DockerClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
+from bench.proc import free_port
 from provisioner.config import Settings
 from provisioner.services import api_url, db_url, redis_url
 from renderfarm.examples import example_scene_path
 from renderfarm.keys import mq_index_key
-from tests.conftest import free_port
 from tests.faults.common import compose_stack, containers, invoke_env, new_host, remove_project, run_invoke, tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -6,13 +6,14 @@ from renderfarm.core import JobOut, hd_price
 from renderfarm.credits import BadCredits, check_email, parse_amount
 from renderfarm.errors import InsufficientCredits, NoSuchJob, RenderfarmError, UnknownUser
 from renderfarm.jobs import JobView
-from renderfarm.keys import TRANSITIONS, JobState, QueueName, attempts_key, can_move, mq_index_key, mq_key
+from renderfarm.keys import TRANSITIONS, JobState, QueueName, attempts_key, can_move, mq_index_key, mq_key, scene_key
 
 
 def test_keys_are_built_in_one_place() -> None:
     assert mq_key("abc") == "renderfarm:mq:abc"
     assert mq_index_key() == "renderfarm:mq"
     assert attempts_key("abc") == "renderfarm:mq:abc:attempts"
+    assert scene_key("abc") == "renderfarm:mq:abc:scene"
     assert [q.value for q in QueueName] == ["pq", "sq"]
 
 

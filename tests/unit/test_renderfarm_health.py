@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.proc import free_port
 from renderfarm.core import create_app
 from renderfarm.errors import RenderConfigError
 from renderfarm.settings import ServiceSettings
-from tests.conftest import free_port
 
 
 def test_settings_are_read_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
