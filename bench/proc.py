@@ -1,9 +1,8 @@
 """Run and time the bench's subprocesses with exactly the environment given (nothing inherited); find
-the processes below one, and a free port. The tests use these too."""
+the processes below one (and a free port, re-exported from provisioner.ports). The tests use these too."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -12,19 +11,13 @@ from pathlib import Path
 from provisioner import proc
 from provisioner.config import REPO_ROOT
 from provisioner.errors import CommandError
+from provisioner.ports import free_port as free_port  # the one free_port; importers move to provisioner.ports
 
 TAIL_LINES = 25
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> str:
     return proc.tail(text, lines)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def descendants(pid: int) -> list[int]:

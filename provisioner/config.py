@@ -6,6 +6,7 @@ Project file: `renderdev.toml` in the current folder, or the file named by RENDE
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from pydantic_settings import (
 from provisioner.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "RENDERDEV_"
 BlenderSource = Literal["auto", "installed", "mirror", "official", "apt"]
 SERVICES = ("redis", "db", "api")
 
@@ -30,7 +32,7 @@ def _project_file() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RENDERDEV_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # compose stack
     project: str = Field("renderdev", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="compose project name")
@@ -128,6 +130,15 @@ class Settings(BaseSettings):
 
     def image(self, name: str) -> str:
         return f"{self.image_prefix}/{name}:{self.image_tag}"
+
+    def as_environment(self) -> dict[str, str]:
+        """Every setting as the RENDERDEV_* variable that gives it back: what a subprocess (`invoke worker`, a
+        test's worker) needs to see exactly these settings. Unset optional settings are left out; lists are JSON."""
+        return {
+            f"{ENV_PREFIX}{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in self.model_dump(mode="json").items()
+            if value is not None
+        }
 
 
 def load_settings(**overrides: Any) -> Settings:

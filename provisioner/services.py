@@ -8,7 +8,6 @@ not become healthy in time is reported with its state and the tail of its log.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from provisioner.dockerapi import PROJECT_LABEL, project_containers, service_con
 from provisioner.errors import ConfigError, DockerError
 from provisioner.images import find_image
 from provisioner.plan import Check, Step, StepState
+from provisioner.ports import free_port, port_taken
 from provisioner.secrets import plan_secrets, read_secrets, stale_mounts
 
 if TYPE_CHECKING:
@@ -176,20 +176,20 @@ def _refuse_ports_in_use(client: docker.DockerClient, settings: Settings) -> Non
         if port in seen:
             raise ConfigError(
                 f"{key} and {seen[port]} are both {port}: each service needs its own host port",
-                hint=f"set another one, e.g. RENDERDEV_{key.upper()}={_free_port(settings.bind_host)} invoke setup",
+                hint=f"set another one, e.g. RENDERDEV_{key.upper()}={free_port(settings.bind_host)} invoke setup",
             )
         seen[port] = key
     for svc, key in PORT_SETTINGS.items():
         port = int(getattr(settings, key))
         if port in _published_ports(service_container(client, settings.project, svc)):
             continue  # held by this stack's own container
-        if not _port_taken(settings.bind_host, port):
+        if not port_taken(port, settings.bind_host):
             continue
         holders = [str(c.name) for c in client.containers.list() if port in _published_ports(c)]
         who = f"container {', '.join(holders)}" if holders else f"another program (see: ss -ltnp 'sport = :{port}')"
         raise ConfigError(
             f"port {port} on {settings.bind_host} ({key}, for {svc}) is already in use by {who}",
-            hint=f"set another one, e.g. RENDERDEV_{key.upper()}={_free_port(settings.bind_host)} invoke setup,"
+            hint=f"set another one, e.g. RENDERDEV_{key.upper()}={free_port(settings.bind_host)} invoke setup,"
             " or stop what holds it",
         )
 
@@ -200,22 +200,6 @@ def _published_ports(c: Container | None) -> set[int]:
         return set()
     bindings = (c.attrs.get("NetworkSettings") or {}).get("Ports") or {}
     return {int(b["HostPort"]) for found in bindings.values() for b in (found or []) if b.get("HostPort")}
-
-
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def bring_up(client: docker.DockerClient, settings: Settings, *, force_recreate: bool = False) -> str:
