@@ -13,12 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench.preview import fetch_render
+from bench.preview import api_client, fetch_render
 from bench.queue import tiny_scene
 from bench.stack import BenchStack, Log, descendants
-from provisioner.services import api_url
 
 NAME = "memory"
 GOAL_PERCENT = 10.0
@@ -55,7 +52,7 @@ def measure(stack: BenchStack, *, jobs: int, log: Log) -> dict[str, Any]:
     samples: list[dict[str, int]] = []
     try:
         stack.wait_for_worker(worker, "memory-worker", r)
-        with httpx.Client(base_url=api_url(stack.settings), timeout=30.0) as http:
+        with api_client(stack.settings, user) as http:
             for n in range(1, jobs + 1):
                 fetch_render(http, user, scene)
                 blenders = blender_pids(worker.pid)

@@ -25,6 +25,8 @@ from bench.errors import BenchError
 from bench.harness import Goal, GoalKind, PairResult, PairSpec, run_pair
 from bench.proc import run
 from bench.stack import BenchStack, Log
+from provisioner.config import Settings
+from provisioner.credits import read_token
 from provisioner.services import api_url
 from renderfarm.examples import example_scene_path
 from renderfarm.render import DEFAULT_PROFILES, Quality, RenderProfile, blender_command, blender_env, png_size
@@ -38,8 +40,14 @@ RENDER_TIMEOUT = 300.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def api_client(settings: Settings, user: str) -> httpx.Client:
+    """An HTTP client for the bench stack's API, carrying `user`'s API token (saved by seed-credits)."""
+    token = read_token(settings, user)
+    return httpx.Client(base_url=api_url(settings), timeout=30.0, headers={"Authorization": f"Bearer {token}"})
+
+
 def fetch_render(http: httpx.Client, user: str, scene: dict[str, Any], quality: str = "preview") -> bytes:
-    """POST a render, wait for it, GET its image; the PNG's bytes."""
+    """POST a render as `user` (the client carries their token), wait for it, GET its image; the PNG's bytes."""
     resp = http.post("/renders", json={"user": user, "quality": quality, "scene": scene})
     if resp.status_code != 202:
         raise BenchError(f"POST /renders answered {resp.status_code}: {resp.text[:300]}")
@@ -79,7 +87,7 @@ def measure(stack: BenchStack, *, pairs: int, warmup: int, log: Log, small: bool
     try:
         stack.wait_for_worker(worker, f"{name}-worker", r)
         with (
-            httpx.Client(base_url=api_url(settings), timeout=30.0) as http,
+            api_client(settings, user) as http,
             resources.as_file(resources.files("renderfarm").joinpath("blender_scene.py")) as script,
         ):
             argv = blender_command(str(settings.blender_link), script, scene_file, out, profile, 0)

@@ -226,22 +226,18 @@ def remove_images(client: docker.DockerClient, names: list[str]) -> list[str]:
 
 
 def remove_project(client: docker.DockerClient, settings: Settings) -> str:
-    """compose down --volumes for the project; whatever is left (a failed down) is removed by label."""
-    from provisioner.dockerapi import PROJECT_LABEL
+    """compose down --volumes for the project; whatever is left (a failed down) is removed by label; then the
+    project's loopback guard rules (its `invoke setup` added them on an engine before 28)."""
+    from provisioner.dockerapi import remove_by_label
+    from provisioner.firewall import remove_guard
     from provisioner.services import down
 
     try:
         said = down(client, settings, volumes=True)
     except Exception as exc:  # noqa: BLE001 - fall back to removing by label below
         said = f"compose down failed ({exc}); removed by label"
-    label = {"label": f"{PROJECT_LABEL}={settings.project}"}
-    for c in client.containers.list(all=True, filters=label):
-        c.remove(force=True, v=True)
-    for n in client.networks.list(filters=label):
-        n.remove()
-    for v in client.volumes.list(filters=label):
-        v.remove(force=True)
-    return said
+    remove_by_label(client, settings.project)
+    return f"{said}; {remove_guard(client, settings)}"
 
 
 @contextmanager

@@ -234,6 +234,8 @@ def _remove_untagged(client: docker.DockerClient, image_id: str) -> bool:
     except APIError as exc:
         if exc.status_code == 409:  # in use by a container, or tagged elsewhere: keep it
             return False
+        if exc.status_code == 404:  # already gone: another build (a concurrent setup or test) removed it
+            return False
         raise DockerError(f"cannot remove the superseded image {short_id(image_id)}: {exc.explanation}") from exc
     return True
 

@@ -1,5 +1,6 @@
-"""`invoke render`: the smoke test a developer runs after setup. Submit through the API, wait with a
-spinner showing the state, download the PNG, and say how long each stage took."""
+"""`invoke render`: the smoke test a developer runs after setup. Submit through the API (as the user whose
+API token `invoke seed-credits` saved in the state folder), wait with a spinner showing the state, download
+the PNG, and say how long each stage took."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import httpx
 from rich.console import Console
 
 from provisioner.config import Settings
+from provisioner.credits import read_token
 from provisioner.errors import ConfigError, RenderdevError
 from provisioner.fsops import atomic_write_bytes
 
@@ -41,7 +43,9 @@ def _refusal(resp: httpx.Response, user: str) -> RenderdevError:
     if resp.status_code == 422 and isinstance(detail, list):
         detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
     hints = {
+        401: f"the token in the state folder is not the API's: invoke seed-credits --user {user} --rotate-token",
         402: f"invoke seed-credits --user {user} --amount 100",
+        403: f"render as the token's user: invoke render --user EMAIL (not {user})",
         404: f"invoke seed-credits --user {user} --amount 100",
         503: "invoke status",
     }
@@ -63,12 +67,13 @@ def render(
     from provisioner.services import api_url
 
     scene = load_scene(scene_path)
+    token = read_token(settings, user)
     base = api_url(settings)
     stages: dict[str, float] = {}
     try:
-        with httpx.Client(base_url=base, timeout=15) as http:
+        with httpx.Client(base_url=base, timeout=15, headers={"Authorization": f"Bearer {token}"}) as http:
             t0 = time.monotonic()
-            resp = http.post("/renders", json={"user": user, "quality": quality, "scene": scene})
+            resp = http.post("/renders", json={"quality": quality, "scene": scene})
             if resp.status_code != 202:
                 raise _refusal(resp, user)
             mjid = resp.json()["mjid"]
@@ -95,8 +100,14 @@ def _wait(http: httpx.Client, console: Console, mjid: str, stages: dict[str, flo
     state = "queued"
     with console.status(f"{mjid}: queued") as spinner:
         while True:
-            job: dict[str, Any] = http.get(f"/renders/{mjid}").raise_for_status().json()
+            resp = http.get(f"/renders/{mjid}")
             now = time.monotonic()
+            if resp.status_code == 503 and now - start <= timeout:
+                time.sleep(POLL)  # a service is restarting: the job is still there, keep asking
+                continue
+            if resp.status_code != 200:
+                raise RenderdevError(f"cannot follow render {mjid} ({resp.status_code}): {resp.text[:300]}")
+            job: dict[str, Any] = resp.json()
             if job["state"] != state:
                 stages["queued" if state == "queued" else "render"] = now - last
                 state, last = job["state"], now

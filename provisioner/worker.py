@@ -7,6 +7,9 @@ agree on where everything is.
 Stopping: SIGTERM or Ctrl+C (what a cloud VM's shutdown sends, or the preemption watcher raises) stops
 Blender at once and puts the job on sq, recorded as preempted; then the worker exits. rq's HerokuWorker
 does the signalling (the horse ignores SIGTERM and is told with SIGRTMIN); we make the notice immediate.
+
+From the moment the worker takes a job off its queue until the job is done with, it holds a claim on it
+(renderfarm.work.Claim): the orphan rescue never races a worker whose warm Blender is still starting.
 """
 
 from __future__ import annotations
@@ -14,16 +17,22 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from provisioner.config import Settings
 from provisioner.errors import ConfigError, RenderdevError
+from provisioner.logs import worker_log_path
 from provisioner.secrets import secret_path
 
 if TYPE_CHECKING:
@@ -31,6 +40,11 @@ if TYPE_CHECKING:
 
 QUEUES = ("pq", "sq")
 log = logging.getLogger("renderdev.worker")
+# AWS instance metadata (IMDSv2): a session token from PUT /latest/api/token, sent with every request.
+AWS_TOKEN_PATH = "/latest/api/token"
+AWS_TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+AWS_TOKEN_HEADER = "X-aws-ec2-metadata-token"
+AWS_TOKEN_TTL = 21600  # seconds: the longest-lived token AWS gives
 
 
 def worker_environment(settings: Settings) -> dict[str, str]:
@@ -74,6 +88,33 @@ def worker_name(queues: list[str]) -> str:
     return f"{socket.gethostname()}-{kind}-{os.getpid()}"
 
 
+class _UtcFormatter(logging.Formatter):
+    """ISO-8601 UTC times, the form `invoke logs` interleaves with the containers' (Docker's) timestamps."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="microseconds")
+
+
+def log_to_file(path: Path) -> None:
+    """Everything the worker logs (rq's worker and job loggers, renderfarm's and ours) also goes to `path`, for
+    `invoke logs`; the console keeps rq's own output. rq's console handlers are set up first, as rq would: once a
+    logger has a handler, rq adds none of its own."""
+    from rq.logutils import setup_loghandlers
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.handlers.RotatingFileHandler(path, maxBytes=10_000_000, backupCount=2)
+    to_file.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)  # what Python's last-resort handler printed before a root handler existed
+    for name in ("rq.worker", "rq.job"):
+        setup_loghandlers("INFO", name=name)
+        logging.getLogger(name).addHandler(to_file)
+    root = logging.getLogger()
+    root.setLevel(min(root.level or logging.WARNING, logging.INFO))
+    root.addHandler(to_file)
+    root.addHandler(console)
+
+
 def preemption_notice(status: int, body: str) -> bool:
     """GCP's instance/preempted answers TRUE; AWS's spot/instance-action answers 200 with an action (404 before)."""
     if status != 200:
@@ -88,30 +129,84 @@ def preemption_notice(status: int, body: str) -> bool:
     return isinstance(data, dict) and bool(data.get("action"))
 
 
-class PreemptionWatcher(threading.Thread):
-    """Polls the cloud metadata endpoint; on a notice, sends this process SIGTERM (the same drain)."""
+def send_sigterm_to_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
-    def __init__(self, url: str, poll: float) -> None:
+
+class PreemptionWatcher(threading.Thread):
+    """Polls the cloud metadata endpoint; on a notice, calls `on_notice` (default: SIGTERM to this process,
+    the same drain as a VM's shutdown).
+
+    The cloud is told by the URL. AWS (its path starts with /latest/): IMDSv2, which hosts may require (they
+    answer a request without a token 401): a session token from `PUT /latest/api/token` is sent as
+    X-aws-ec2-metadata-token, renewed before it expires and again whenever the endpoint answers 401; where
+    the PUT is refused (an IMDSv1-only endpoint) the watcher polls without a token. GCP (any other URL): the
+    `Metadata-Flavor: Google` header. Written here rather than borrowed from botocore's IMDS fetcher: two
+    requests do not justify botocore, and it retries and times out on its own terms, not the poll's."""
+
+    def __init__(
+        self,
+        url: str,
+        poll: float,
+        *,
+        on_notice: Callable[[], None] = send_sigterm_to_self,
+        token_ttl: int = AWS_TOKEN_TTL,
+    ) -> None:
         super().__init__(name="preemption-watcher", daemon=True)
         self.url, self.poll = url, poll
+        self.on_notice = on_notice
+        self.token_ttl = token_ttl
+        parts = urlsplit(url)
+        self.aws = parts.path.startswith("/latest/")
+        self.token_url = urlunsplit((parts.scheme, parts.netloc, AWS_TOKEN_PATH, "", ""))
         self.stopped = threading.Event()
         self.noticed = threading.Event()
+        self._token: str | None = None
+        self._renew_at = 0.0  # time.monotonic() after which the token is renewed before use
+        self._refused = False
 
     def run(self) -> None:
         import httpx
 
-        with httpx.Client(timeout=min(self.poll, 5.0), headers={"Metadata-Flavor": "Google"}) as http:
+        headers = {} if self.aws else {"Metadata-Flavor": "Google"}
+        with httpx.Client(timeout=min(self.poll, 5.0), headers=headers) as http:
             while not self.stopped.is_set():
                 try:
-                    resp = http.get(self.url)
+                    resp = self.check(http)
                     if preemption_notice(resp.status_code, resp.text):
                         log.warning("preemption notice from %s: draining", self.url)
                         self.noticed.set()
-                        os.kill(os.getpid(), signal.SIGTERM)
+                        self.on_notice()
                         return
+                    refused = resp.status_code in (401, 403)
+                    if refused and not self._refused:  # said once, not at every poll
+                        log.warning("preemption endpoint %s refuses the watcher (HTTP %s)", self.url, resp.status_code)
+                    self._refused = refused
                 except httpx.HTTPError as exc:
                     log.debug("preemption endpoint %s: %s", self.url, exc)
                 self.stopped.wait(self.poll)
+
+    def check(self, http: Any) -> Any:
+        """One look at the endpoint (an httpx.Response); on AWS with the session token, renewed on a 401."""
+        if not self.aws:
+            return http.get(self.url)
+        resp = http.get(self.url, headers=self._token_headers(http))
+        if resp.status_code == 401:  # expired or revoked: a new token, and one more try
+            resp = http.get(self.url, headers=self._token_headers(http, renew=True))
+        return resp
+
+    def _token_headers(self, http: Any, *, renew: bool = False) -> dict[str, str]:
+        now = time.monotonic()
+        if renew or self._token is None or now >= self._renew_at:
+            resp = http.put(self.token_url, headers={AWS_TOKEN_TTL_HEADER: str(self.token_ttl)})
+            if resp.status_code == 200 and resp.text.strip():
+                self._token = resp.text.strip()
+                # Renewed well before it expires: a tenth of its life early, at most a minute.
+                self._renew_at = now + self.token_ttl - min(60.0, self.token_ttl / 10)
+            else:
+                log.debug("no IMDSv2 token from %s (HTTP %s): polling without one", self.token_url, resp.status_code)
+                self._token, self._renew_at = None, now + self.poll
+        return {AWS_TOKEN_HEADER: self._token} if self._token else {}
 
     def stop(self) -> None:
         self.stopped.set()
@@ -134,7 +229,7 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
     from renderfarm.jobs import JobManager
     from renderfarm.reaper import Reaper
     from renderfarm.settings import ServiceSettings
-    from renderfarm.work import close
+    from renderfarm.work import Claim, close
 
     warm_blender = warm.WarmBlender(blender_command(settings), max_jobs=settings.warm_max_jobs)
     lent: horse_db.LentDatabase | None = None
@@ -143,9 +238,16 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
         imminent_shutdown_delay = 0  # the notice stops Blender and requeues the job at once
 
         def execute_job(self, job, queue):
+            # Claimed first: the warm Blender may take long to start, and the orphan rescue must wait for it.
+            mjid = job.args[0] if job.args and isinstance(job.args[0], str) else None
+            claim = Claim(manager, mjid, job.id) if mjid is not None else None
+            if claim is not None:
+                claim.start()
             try:
                 return super().execute_job(job, queue)
             finally:
+                if claim is not None:
+                    claim.stop()
                 if lent is not None:
                     lent.after_horse()  # the horse has ended: a connection it did not leave clean goes now
 
@@ -199,9 +301,9 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
     for h in helpers:
         h.start()
     try:
-        worker = RenderWorker(
-            [Queue(q, connection=manager.redis) for q in names], connection=manager.redis, name=worker_name(names)
-        )
+        name = worker_name(names)
+        log_to_file(worker_log_path(settings, name))
+        worker = RenderWorker([Queue(q, connection=manager.redis) for q in names], connection=manager.redis, name=name)
         worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
     finally:
         for h in helpers:

@@ -28,10 +28,15 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
+    """A user of the API. `token_hash` is the sha256 (hex) of their API token: the token itself is never
+    stored. None for a user made before tokens existed, until `invoke seed-credits` gives them one."""
+
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("token_hash", name="uq_users_token_hash"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class CreditEntry(Base):

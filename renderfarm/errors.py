@@ -39,9 +39,19 @@ class InvalidTransition(RenderfarmError):
 class StaleAttempt(RenderfarmError):
     """A worker acted on an attempt that is no longer the job's current one (it was presumed lost)."""
 
-    def __init__(self, mjid: str, attempt: int, current: int) -> None:
+    def __init__(self, mjid: str, attempt: int, current: int, state: str = "started") -> None:
         self.mjid, self.attempt, self.current = mjid, attempt, current
-        super().__init__(f"job {mjid}: attempt {attempt} is stale (the job is on attempt {current})")
+        now = f"on attempt {current}" if state == "started" else f"{state} after attempt {current}"
+        super().__init__(f"job {mjid}: attempt {attempt} is stale (the job is {now})")
+
+
+class StaleRqJob(RenderfarmError):
+    """A worker tried to start a job through an rq job that no longer carries it (the job was queued again
+    as another rq job while this one waited to start): this run must not start it."""
+
+    def __init__(self, mjid: str, rq_job: str, current: str) -> None:
+        self.mjid, self.rq_job, self.current = mjid, rq_job, current
+        super().__init__(f"job {mjid}: rq job {rq_job} no longer carries it (rq job {current} does now)")
 
 
 class ImageNotReady(RenderfarmError):
@@ -61,16 +71,20 @@ class RenderConfigError(RenderfarmError):
 class BlenderRenderError(RenderfarmError):
     """Blender failed to render a scene: carries the command, its exit code and the tail of its output.
 
-    `returncode` is Blender's exit code (negative: killed by that signal; None: it never started).
-    `reason` is the one useful line (e.g. the scene script's exception message); it opens the message.
+    `returncode` is Blender's exit code (negative: killed by that signal; None: it never started, or, with
+    `state`, it is still running or its status is unknown). `state` says so in the message instead of the code
+    (a warm Blender that reported a scene error and lives on). `reason` is the one useful line (e.g. the scene
+    script's exception message); it opens the message.
     """
 
-    def __init__(self, argv: list[str], returncode: int | None, output_tail: str, *, reason: str) -> None:
+    def __init__(
+        self, argv: list[str], returncode: int | None, output_tail: str, *, reason: str, state: str | None = None
+    ) -> None:
         self.argv = [str(a) for a in argv]
         self.returncode = returncode
         self.output_tail = output_tail
         self.reason = reason
-        code = "did not start" if returncode is None else f"exit {returncode}"
+        code = state or ("did not start" if returncode is None else f"exit {returncode}")
         msg = f"blender render failed ({code}): {reason}\n  command: {' '.join(self.argv)}"
         if output_tail.strip():
             msg += "\n" + "\n".join("  | " + line for line in output_tail.rstrip().splitlines())

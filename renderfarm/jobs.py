@@ -28,7 +28,9 @@ from renderfarm.errors import (
     InsufficientCredits,
     InvalidTransition,
     NoSuchJob,
+    RenderfarmError,
     StaleAttempt,
+    StaleRqJob,
     UnknownUser,
 )
 from renderfarm.keys import (
@@ -36,7 +38,9 @@ from renderfarm.keys import (
     QueueName,
     attempts_key,
     can_move,
+    claim_key,
     heartbeat_key,
+    is_mjid,
     limbo_key,
     mq_index_key,
     mq_key,
@@ -47,7 +51,7 @@ from renderfarm.keys import (
 
 RENDER_FUNC = "renderfarm.work.render_job"  # imported by the worker only: the API never loads Blender code
 JOB_TIMEOUT = 3600
-ORPHAN_LIMIT = 3  # a job that never starts after this many rescues fails (and is refunded)
+ORPHAN_LIMIT = 3  # a job taken off its queue and never started is rescued this many times, then fails (refunded)
 # The statement every job's end runs, as plain SQL on db.Render's table: a work horse is forked for each
 # job, and the ORM's bulk-update path costs a fresh fork several milliseconds more than this.
 FINISH_RENDER = text(
@@ -116,19 +120,22 @@ class JobManager:
         self.job_func = job_func
 
     # -- reading -------------------------------------------------------------------------------------------
+    # Every read checks the id first: an mjid from outside (a URL) never becomes a Redis key unless it is one
+    # JobManager could have made (`<mjid>:scene` would otherwise name the job's scene string).
     def get(self, mjid: str) -> JobView:
-        h = self._hash(mjid)
-        return JobView.from_hash(h)
+        return JobView.from_hash(self._hash(self._checked(mjid)))
 
     def scene(self, mjid: str) -> dict[str, Any]:
-        raw = self.redis.get(scene_key(mjid))
+        key = scene_key(self._checked(mjid))
+        raw = self.redis.get(key)
         if raw is None:
             raise NoSuchJob(mjid)
         data: dict[str, Any] = json.loads(raw)
         return data
 
     def attempts(self, mjid: str) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self._decode_list(self.redis.lrange(attempts_key(mjid), 0, -1))]
+        key = attempts_key(self._checked(mjid))
+        return [json.loads(x) for x in self._decode_list(self.redis.lrange(key, 0, -1))]
 
     def credits(self, email: str) -> int:
         with self.sessions() as s:
@@ -142,6 +149,8 @@ class JobManager:
         """Check user and credits, record and charge in Postgres, then put the job in mq and on pq."""
         price = self.prices[quality]
         mjid = self.new_id()
+        if not is_mjid(mjid):  # a caller's new_id must make ids the reads accept
+            raise RenderfarmError(f"new_id made {mjid!r}, which is not an mjid (32 lowercase hex digits)")
         now = _now()
         with self.sessions.begin() as s:
             user = s.scalar(select(User).where(User.email == email).with_for_update())
@@ -195,7 +204,10 @@ class JobManager:
     # -- worker side ---------------------------------------------------------------------------------------
     # Every change after "started" names the attempt it belongs to (a fencing token): a worker that was
     # presumed lost and comes back cannot finish, fail or requeue a job that has moved on without it.
-    def mark_started(self, mjid: str, worker: str, *, heartbeat_ttl: float | None = None) -> JobView:
+    def mark_started(self, mjid: str, worker: str, *, rq_job: str, heartbeat_ttl: float | None = None) -> JobView:
+        """The job's next attempt begins on `worker`. Fenced by `rq_job`, the rq job that brought the mjid to the
+        worker: when the job was queued again meanwhile (the orphan rescue made another rq job carry it), this
+        raises StaleRqJob and changes nothing, so a job is never started through two rq jobs."""
         ttl = heartbeat_ttl or self.heartbeat_ttl
 
         def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
@@ -215,9 +227,18 @@ class JobManager:
             pipe.set(heartbeat_key(mjid), str(n), px=int(ttl * 1000))
             pipe.sadd(started_key(), mjid)
             pipe.srem(queued_key(), mjid)
+            pipe.delete(limbo_key(mjid))
             return fields
 
-        return self._move(mjid, JobState.STARTED, change)
+        return self._move(mjid, JobState.STARTED, change, rq_job=rq_job)
+
+    def claim(self, mjid: str, rq_job: str, *, ttl: float | None = None) -> None:
+        """A worker has taken `rq_job` (which carries mjid) off its queue and is getting ready to start it (its
+        warm Blender may take a while): the orphan rescue leaves the job alone while this claim lives. The
+        worker refreshes it every third of its TTL (renderfarm.work.Claim) until the job is done with; a
+        worker that dies stops refreshing, and the claim expires after `heartbeat_ttl`. It is never deleted:
+        once the job has started, or is carried by another rq job, an old claim no longer matters."""
+        self.redis.set(claim_key(mjid), rq_job, px=int((ttl or self.heartbeat_ttl) * 1000))
 
     def heartbeat(self, mjid: str, attempt: int, *, ttl: float | None = None) -> bool:
         """Keep the job's heartbeat alive; False when the attempt is no longer the job's current one."""
@@ -253,15 +274,18 @@ class JobManager:
         self._finish_in_db(mjid, JobState.FAILED, error)
         return view
 
-    def retry_on_standard(self, mjid: str, reason: str, *, attempt: int) -> JobView:
+    def retry_on_standard(self, mjid: str, reason: str, *, attempt: int, error: str | None = None) -> JobView:
         """A started job whose worker was preempted, interrupted or lost goes back to queued, on sq, as a
         new rq job. Losses without notice ("lost", "interrupted") are counted: past max_lost the job
-        fails instead, and an HD charge is refunded."""
+        fails instead, and an HD charge is refunded. `error` (what interrupted it, e.g. the Blender that was
+        killed) is kept in the attempt's record, and in the job's error when it fails."""
         counted = reason in ("lost", "interrupted")
         lost = int(self._hash(mjid).get("lost", 0)) + (1 if counted else 0)
         if counted and lost > self.max_lost:
             worker = self._hash(mjid).get("worker", "?")
             msg = f"worker lost {lost} times (limit {self.max_lost}); last on {worker} ({reason})"
+            if error:
+                msg += f": {error}"
             view = self.mark_failed(mjid, msg, attempt=attempt, outcome=reason)
             self.redis.hset(mq_key(mjid), "lost", str(lost))
             return view
@@ -272,7 +296,7 @@ class JobManager:
             pipe.hset(mq_key(mjid), mapping=fields)
             if counted:
                 pipe.hincrby(mq_key(mjid), "lost", 1)
-            self._leave_started(mjid, pipe, reason, now)
+            self._leave_started(mjid, pipe, reason, now, error)
             self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{attempt + 1}", pipe=pipe)
             return fields
 
@@ -297,13 +321,15 @@ class JobManager:
             done.append((mjid, "sq" if view.state is JobState.QUEUED else view.state.value))
         return done
 
-    def reap_orphans(self, *, grace: float | None = None) -> list[str]:
+    def reap_orphans(self, *, grace: float | None = None) -> list[tuple[str, str]]:
         """Queued jobs whose rq job is gone before any worker started it: a worker stopped or killed
         between taking the job off the queue and starting it (rq then fails the job, or leaves it in the
         queue's intermediate list, which rq only cleans every 10 minutes). They are queued again on sq,
-        once they have been out of their queue for `grace` seconds (default: the heartbeat TTL)."""
+        once they have been out of their queue for `grace` seconds (default: the heartbeat TTL) and no
+        worker's claim on them lives (a worker getting ready to start a job claims it: `claim`). After
+        ORPHAN_LIMIT rescues such a job fails instead (refunded). Returns (mjid, "sq" or "failed") for each."""
         wait = self.heartbeat_ttl if grace is None else grace
-        rescued: list[str] = []
+        rescued: list[tuple[str, str]] = []
         for mjid in self._decode_list(self.redis.smembers(queued_key())):
             h = self._decode(self.redis.hgetall(mq_key(mjid)))
             if h.get("state") != JobState.QUEUED:
@@ -321,31 +347,49 @@ class JobManager:
                 since = float(self.redis.get(limbo_key(mjid)) or time.time())
                 if time.time() - since < wait:
                     continue
-            try:
-                if int(h.get("orphaned", 0)) >= ORPHAN_LIMIT:
-                    msg = f"taken off its queue {ORPHAN_LIMIT} times and never started (last rq job {rq_id})"
-                    self.mark_failed(mjid, msg, outcome="orphaned")
-                else:
-                    self._requeue_orphan(mjid, rq_id, queue_key)
-            except (InvalidTransition, WatchError):
-                continue
-            rescued.append(mjid)
+            where = self._rescue_orphan(mjid, rq_id, queue_key)
+            if where is not None:
+                rescued.append((mjid, where))
         return rescued
 
-    def _requeue_orphan(self, mjid: str, rq_id: str, queue_key: str) -> None:
-        key = mq_key(mjid)
+    def _rescue_orphan(self, mjid: str, rq_id: str, queue_key: str) -> str | None:
+        """Queue the job again on sq as a new rq job ("sq"), or fail it (refunded) once it has been rescued
+        ORPHAN_LIMIT times ("failed"). None, and nothing changed, while a worker's claim on `rq_id` lives or
+        when the job has moved on. One transaction WATCHes the job's hash and its claim, so a worker that claims or
+        starts the job meanwhile wins the race, and its mark_started is fenced by the rq job it carries."""
+        key, claim = mq_key(mjid), claim_key(mjid)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.watch(key)
-            h = self._decode(pipe.hgetall(key))
-            if h.get("state") != JobState.QUEUED or h.get("rq_job", mjid) != rq_id:
-                raise InvalidTransition(mjid, h.get("state", "?"), JobState.QUEUED.value)
-            n = int(h.get("orphaned", 0)) + 1
-            pipe.multi()
-            pipe.lrem(f"{queue_key}:intermediate", 0, rq_id)  # so no late worker picks the old rq job too
-            pipe.hset(key, mapping={"queue": QueueName.STANDARD.value, "orphaned": str(n)})
-            pipe.delete(limbo_key(mjid))
-            self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-q{n}", pipe=pipe)
-            pipe.execute()
+            try:
+                pipe.watch(key, claim)
+                h = self._decode(pipe.hgetall(key))
+                if h.get("state") != JobState.QUEUED or h.get("rq_job", mjid) != rq_id:
+                    return None
+                held = pipe.get(claim)
+                if held is not None and self._decode_list([held]) == [rq_id]:
+                    return None  # a live worker is getting ready to start it
+                rescues = int(h.get("orphaned", 0))
+                pipe.multi()
+                pipe.lrem(f"{queue_key}:intermediate", 0, rq_id)  # so no late worker picks the old rq job too
+                pipe.delete(limbo_key(mjid))
+                if rescues >= ORPHAN_LIMIT:
+                    error = (
+                        f"taken off its queue and never started {rescues + 1} times"
+                        f" (rescued {rescues} times, the limit; last rq job {rq_id})"
+                    )
+                    fields: dict[Any, Any] = {"state": JobState.FAILED.value, "finished_at": _now(), "error": error}
+                    pipe.hset(key, mapping=fields)
+                    pipe.srem(queued_key(), mjid)
+                else:
+                    error = None
+                    pipe.hset(key, mapping={"queue": QueueName.STANDARD.value, "orphaned": str(rescues + 1)})
+                    self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-q{rescues + 1}", pipe=pipe)
+                pipe.execute()
+            except WatchError:
+                return None  # the job or its claim changed: look again next round
+        if error is None:
+            return QueueName.STANDARD.value
+        self._finish_in_db(mjid, JobState.FAILED, error)
+        return JobState.FAILED.value
 
     def warm_statements(self) -> None:
         """Run the worker side's SQL once against no row (an UPDATE matching nothing), so that SQLAlchemy has
@@ -377,9 +421,11 @@ class JobManager:
         change: Callable[[dict[str, str], Pipeline], dict[str, str]],
         *,
         attempt: int | None = None,
+        rq_job: str | None = None,
     ) -> JobView:
         """Move the job to `new` in one WATCHed transaction; `change` queues the writes and returns the fields
-        it sets in the job's hash. The view returned is the hash as this transaction left it."""
+        it sets in the job's hash. The view returned is the hash as this transaction left it. With `attempt`,
+        the job must be on that attempt (StaleAttempt); with `rq_job`, carried by that rq job (StaleRqJob)."""
         key = mq_key(mjid)
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
@@ -389,8 +435,12 @@ class JobManager:
                     if not h:
                         raise NoSuchJob(mjid)
                     old = JobState(h["state"])
-                    if attempt is not None and int(h.get("attempts", 0)) != attempt:
-                        raise StaleAttempt(mjid, attempt, int(h.get("attempts", 0)))
+                    if rq_job is not None and h.get("rq_job", mjid) != rq_job:
+                        raise StaleRqJob(mjid, rq_job, h.get("rq_job", mjid))
+                    # An attempt is current only while the job is started on it: once the reaper has queued
+                    # the job again (lost), that attempt's late finish or failure is stale too.
+                    if attempt is not None and (int(h.get("attempts", 0)) != attempt or old is not JobState.STARTED):
+                        raise StaleAttempt(mjid, attempt, int(h.get("attempts", 0)), old.value)
                     if not can_move(old, new):
                         raise InvalidTransition(mjid, old.value, new.value)
                     pipe.multi()
@@ -421,6 +471,12 @@ class JobManager:
                     )
                     .on_conflict_do_nothing(constraint="uq_credit_entries_mjid_reason")
                 )
+
+    @staticmethod
+    def _checked(mjid: str) -> str:
+        if not is_mjid(mjid):
+            raise NoSuchJob(mjid)
+        return mjid
 
     def _hash(self, mjid: str) -> dict[str, str]:
         h = self._decode(self.redis.hgetall(mq_key(mjid)))

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 PREFIX = "renderfarm"
+
+# What a job id (an mjid) looks like: JobManager makes them with `uuid.uuid4().hex`. Every id from outside
+# (a URL, a worker's argument) is checked against this before any key is built from it, so that
+# `<mjid>:scene` or `<mjid>:attempts` can never name another of the job's keys.
+MJID = re.compile(r"[0-9a-f]{32}")
+
+
+def is_mjid(value: str) -> bool:
+    """True when value is an mjid as JobManager makes them (32 lowercase hex digits)."""
+    return MJID.fullmatch(value) is not None
 
 
 class QueueName(StrEnum):
@@ -75,3 +86,9 @@ def queued_key() -> str:
 def limbo_key(mjid: str) -> str:
     """When a queued job was first seen taken off its queue but not started (a Redis string, a timestamp)."""
     return f"{PREFIX}:mq:{mjid}:limbo"
+
+
+def claim_key(mjid: str) -> str:
+    """Exists (with a TTL the worker keeps refreshing) while a worker has taken the job off its queue and is
+    getting ready to start it; its value is the id of the rq job the worker took (a Redis string)."""
+    return f"{PREFIX}:mq:{mjid}:claim"

@@ -1,4 +1,5 @@
-"""A background thread that finds started jobs whose worker is gone and moves them on (JobManager.reap_lost).
+"""A background thread that finds jobs whose worker is gone and moves them on: started jobs whose heartbeat
+expired (JobManager.reap_lost), and queued jobs taken off their queue and never started (reap_orphans).
 
 It runs in the API process and in every host worker: rq alone never moves a job to another queue, and
 cleans its started-job registry only from a worker on that queue, every 10 minutes by default.
@@ -26,8 +27,9 @@ class Reaper(threading.Thread):
             try:
                 for mjid, where in self.manager.reap_lost():
                     log.warning("job %s lost its worker: %s", mjid, "retried on sq" if where == "sq" else "failed")
-                for mjid in self.manager.reap_orphans():
-                    log.warning("job %s was taken off its queue and never started: queued again on sq", mjid)
+                for mjid, where in self.manager.reap_orphans():
+                    what = "queued again on sq" if where == "sq" else "failed (rescued too often)"
+                    log.warning("job %s was taken off its queue and never started: %s", mjid, what)
             except Exception:  # noqa: BLE001 - Redis or Postgres away: try again next round
                 log.exception("reaper round failed")
 

@@ -256,19 +256,28 @@ def _run_blender(
     return text
 
 
-def check_output(argv: list[str], partial: Path, profile: RenderProfile, output: str) -> None:
+def check_output(
+    argv: list[str],
+    partial: Path,
+    profile: RenderProfile,
+    output: str,
+    *,
+    returncode: int | None = 0,
+    state: str | None = None,
+) -> None:
+    """The PNG Blender said it wrote is there, and of the profile's size; else BlenderRenderError with the
+    command and its exit code (or `state`, for a warm Blender that answered and lives on)."""
     tail = output_tail(output)
+    said = "blender exited 0" if state is None else "the warm Blender answered ok"
     if not partial.is_file() or partial.stat().st_size == 0:
-        raise BlenderRenderError(argv, 0, tail, reason=f"blender exited 0 but wrote no image at {partial}")
+        raise BlenderRenderError(argv, returncode, tail, reason=f"{said} but wrote no image at {partial}", state=state)
     try:
         size = png_size(partial)
     except RenderfarmError as exc:
-        raise BlenderRenderError(argv, 0, tail, reason=str(exc)) from exc
+        raise BlenderRenderError(argv, returncode, tail, reason=str(exc), state=state) from exc
     if size != (profile.width, profile.height):
-        expected = f"{profile.width}x{profile.height}"
-        raise BlenderRenderError(
-            argv, 0, tail, reason=f"blender wrote a {size[0]}x{size[1]} image, expected {expected}"
-        )
+        wrote = f"blender wrote a {size[0]}x{size[1]} image, expected {profile.width}x{profile.height}"
+        raise BlenderRenderError(argv, returncode, tail, reason=wrote, state=state)
 
 
 _PY_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception): ")

@@ -1,16 +1,26 @@
-"""Where the render system finds Redis and Postgres: RENDERFARM_* variables, read when asked.
+"""The render system's RENDERFARM_* variables: where Redis and Postgres are (read here, when asked), and the
+others, each with the one module that reads it. The api container gets them from compose/compose.yaml; a host
+worker from provisioner.worker (out of renderdev's RENDERDEV_* settings).
 
-| variable                        | default    |
-| ------------------------------- | ---------- |
-| RENDERFARM_REDIS_HOST           | 127.0.0.1  |
-| RENDERFARM_REDIS_PORT           | 6379       |
-| RENDERFARM_REDIS_DB             | 0          |
-| RENDERFARM_REDIS_PASSWORD_FILE  | (none)     |
-| RENDERFARM_DB_HOST              | 127.0.0.1  |
-| RENDERFARM_DB_PORT              | 5432       |
-| RENDERFARM_DB_USER              | renderfarm |
-| RENDERFARM_DB_NAME              | renderfarm |
-| RENDERFARM_DB_PASSWORD_FILE     | (none)     |
+| variable                        | default        | read by                                       |
+| ------------------------------- | -------------- | --------------------------------------------- |
+| RENDERFARM_REDIS_HOST           | 127.0.0.1      | ServiceSettings (here)                        |
+| RENDERFARM_REDIS_PORT           | 6379           | ServiceSettings                               |
+| RENDERFARM_REDIS_DB             | 0              | ServiceSettings                               |
+| RENDERFARM_REDIS_PASSWORD_FILE  | (none)         | ServiceSettings                               |
+| RENDERFARM_DB_HOST              | 127.0.0.1      | ServiceSettings                               |
+| RENDERFARM_DB_PORT              | 5432           | ServiceSettings                               |
+| RENDERFARM_DB_USER              | renderfarm     | ServiceSettings                               |
+| RENDERFARM_DB_NAME              | renderfarm     | ServiceSettings                               |
+| RENDERFARM_DB_PASSWORD_FILE     | (none)         | ServiceSettings                               |
+| RENDERFARM_HEARTBEAT_TTL        | 20             | Reliability (here)                            |
+| RENDERFARM_REAP_INTERVAL        | 5              | Reliability                                   |
+| RENDERFARM_MAX_LOST             | 2              | Reliability                                   |
+| RENDERFARM_HD_PRICE             | 10             | renderfarm.core (the API's price of HD)       |
+| RENDERFARM_RENDERS_DIR          | /srv/renders   | renderfarm.core (serves images); renderfarm.work (writes them: required) |
+| RENDERFARM_BLENDER              | blender        | renderfarm.work (Blender for a job without a warm one) |
+| RENDERFARM_PREVIEW_SAMPLES      | 16             | renderfarm.render (the preview profile)       |
+| RENDERFARM_HD_SAMPLES           | 32             | renderfarm.render (the HD profile)            |
 
 Passwords live in files (compose mounts them at /run/secrets/...); they are read each time a
 connection is configured, so a rotated secret needs no restart of the reader's settings.

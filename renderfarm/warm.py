@@ -3,10 +3,14 @@
 Half of a preview's wait is Blender starting up; keeping one loaded removes it. The process is replaced
 after a crash, after a timeout (it is killed), and after `max_jobs` jobs (to bound its memory). The
 one-process-per-job path (`render_scene`) stays: it is the fallback when a warm Blender cannot start,
-and what RENDERFARM_WARM_BLENDER=0 selects.
+and what renderdev's `warm_blender = false` (RENDERDEV_WARM_BLENDER=false) selects for a worker.
 
 In a worker, the warm process belongs to the worker's main process, which makes sure it is alive before
 each job; rq runs the job in a forked work horse, which inherits the pipe and talks to it (`current()`).
+
+A failure names what really happened: the warm process's own command line, its exit status once it has
+died (a thread of the parent reaps it and shares the status with the horses, which cannot wait for their
+parent's child), and the error the process sent back. A failed render leaves no partial PNG behind.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import select
 import signal
+import struct
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from importlib import resources
@@ -31,6 +38,7 @@ from renderfarm.render import (
     RenderResult,
     blender_env,
     check_output,
+    failure_reason,
     output_tail,
     stop_blender,
     strip_png_text,
@@ -39,6 +47,8 @@ from renderfarm.scene import Scene
 
 log = logging.getLogger("renderfarm.warm")
 START_TIMEOUT = 60.0
+EXIT_STATUS_WAIT = 5.0  # seconds to wait, once the process is gone, for its parent to have reaped it
+_STATUS = struct.Struct("<ii")  # the shared exit-status slot: (1 once reaped, else 0; the returncode)
 
 
 class WarmBlender:
@@ -46,11 +56,15 @@ class WarmBlender:
         self.blender = blender
         self.max_jobs = max_jobs
         self.proc: subprocess.Popen[bytes] | None = None
+        self.argv: list[str] = [blender]  # the running process's command line, once started
         self.served = 0  # jobs handed to this process (counted by whoever calls ensure())
         self._owner = os.getpid()  # the process that started Blender, and so may wait for it
         self._requests: IO[str] | None = None
         self._responses: IO[str] | None = None
         self._log: IO[bytes] | None = None
+        # The process's exit status, written by the parent's reaper thread into memory its forked work horses
+        # share (MAP_SHARED | MAP_ANONYMOUS): a horse cannot wait for its parent's child, but can read this.
+        self._status: mmap.mmap | None = None
         self._script = Path(str(resources.files("renderfarm").joinpath("blender_server.py")))
 
     # -- lifecycle (the worker's main process) ---------------------------------------------------------
@@ -59,7 +73,7 @@ class WarmBlender:
         return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
-        if self.proc is None:
+        if self.proc is None or self.exit_status() is not None:
             return False
         if self._owner == os.getpid():
             return self.proc.poll() is None
@@ -75,7 +89,7 @@ class WarmBlender:
         if self.alive() and self.served < self.max_jobs:
             return
         if self.proc is not None:
-            why = "served its jobs" if self.alive() else f"exited {self.proc.returncode}"
+            why = "served its jobs" if self.alive() else f"exited {self.exit_status()}"
             log.info("restarting warm Blender (pid %s %s)", self.proc.pid, why)
         self.stop()
         self.start()
@@ -89,6 +103,8 @@ class WarmBlender:
             self.blender, "-b", "--factory-startup", "-noaudio", "--python", str(self._script),
             "--", "--requests", str(req_r), "--responses", str(resp_w),
         ]  # fmt: skip
+        self.argv = argv
+        self._status = mmap.mmap(-1, _STATUS.size)
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -107,13 +123,18 @@ class WarmBlender:
             if self.proc is not None:
                 os.close(req_r)
                 os.close(resp_w)
+        threading.Thread(
+            target=_reap, args=(self.proc, self._status), name=f"warm-blender-{self.proc.pid}", daemon=True
+        ).start()
         self._requests = os.fdopen(req_w, "w")
         self._responses = os.fdopen(resp_r, "r")
         self.served = 0
-        ready = self._read(timeout, argv)
+        ready = self._read(timeout)
         if not ready.get("ready"):
             self.stop()
-            raise BlenderRenderError(argv, None, "", reason=f"warm Blender said {ready!r} instead of ready")
+            raise BlenderRenderError(
+                argv, self.exit_status(), "", reason=f"warm Blender said {ready!r} instead of ready"
+            )
         log.info("warm Blender ready (pid %s)", self.proc.pid)
 
     def stop(self) -> None:
@@ -126,13 +147,12 @@ class WarmBlender:
             stop_blender(self.proc, grace=2.0)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=5)
-        elif self.proc is not None:  # a work horse stopping its parent's Blender: signals only, no wait
+        elif self.proc is not None:  # a work horse stopping its parent's Blender: signals, then the parent reaps it
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, sig)
-                if not self.alive():
+                if self.exit_status(wait=2.0) is not None:
                     break
-                time.sleep(1.0)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -142,15 +162,19 @@ class WarmBlender:
         self, scene: Scene, profile: RenderProfile, out: Path, *, seed: int = 0, timeout: float | None = None
     ) -> RenderResult:
         """Like render_scene, through the warm process. On a timeout or an interruption the process is
-        stopped (the next ensure() replaces it); on its death the error carries its exit code."""
+        stopped (the next ensure() replaces it). Errors carry the process's real command line (`argv`), its
+        exit status once it has died (None while it lives: a scene error leaves it running) and the error it
+        sent; the partial PNG is removed, and only after the process is known dead or done with it."""
         if not self.alive() or self._requests is None:
-            raise BlenderRenderError([self.blender], None, "", reason="the warm Blender is not running")
+            raise BlenderRenderError(
+                self.argv, self.exit_status(), "", reason=f"the warm Blender (pid {self.pid}) is not running"
+            )
         out = Path(out).absolute()
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:12]}.partial.png")
         started = time.monotonic()
         mark = self._log_size()
-        argv = [self.blender, f"(warm pid {self.pid})", "--scene", "...", "--out", str(partial)]
+        argv, running = self.argv, f"warm Blender pid {self.pid}, still running"
         try:
             with tempfile.TemporaryDirectory(prefix="renderfarm-") as tmp:
                 scene_file = Path(tmp) / "scene.json"
@@ -160,16 +184,16 @@ class WarmBlender:
                 try:
                     self._requests.write(json.dumps(request) + "\n")
                     self._requests.flush()
-                    reply = self._read(timeout, argv, mark=mark)
+                    reply = self._read(timeout, mark=mark)
                 except BaseException:  # timeout, SIGTERM's ShutDownImminentException: stop the render now
                     self.stop()
                     raise
             if not reply.get("ok"):
                 raise BlenderRenderError(
-                    argv, 1, output_tail(self._log_text(mark) + "\n" + str(reply.get("traceback", ""))),
-                    reason=str(reply.get("error", "unknown error")),
+                    argv, None, output_tail(self._log_text(mark) + "\n" + str(reply.get("traceback", ""))),
+                    reason=str(reply.get("error", "unknown error")), state=running,
                 )  # fmt: skip
-            check_output(argv, partial, profile, self._log_text(mark))
+            check_output(argv, partial, profile, self._log_text(mark), returncode=None, state=running)
             strip_png_text(partial)
             os.replace(partial, out)
         finally:
@@ -177,7 +201,20 @@ class WarmBlender:
         return RenderResult(path=out, width=profile.width, height=profile.height, seconds=time.monotonic() - started)
 
     # -- internals -------------------------------------------------------------------------------------
-    def _read(self, timeout: float | None, argv: list[str], *, mark: int = 0) -> dict[str, Any]:
+    def exit_status(self, wait: float = 0.0) -> int | None:
+        """The process's returncode once its parent has reaped it (negative: the signal that killed it), else
+        None; waits up to `wait` seconds for it. Works in the parent and in its forked work horses alike."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self._status is not None:
+                reaped, code = _STATUS.unpack(self._status[: _STATUS.size])
+                if reaped:
+                    return int(code)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+    def _read(self, timeout: float | None, *, mark: int = 0) -> dict[str, Any]:
         assert self._responses is not None and self.proc is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -186,16 +223,19 @@ class WarmBlender:
             if not ready:
                 self.stop()
                 raise BlenderRenderError(
-                    argv, None, output_tail(self._log_text(mark)), reason=f"timed out after {timeout} s and was stopped"
-                )
+                    self.argv, self.exit_status(wait=EXIT_STATUS_WAIT), output_tail(self._log_text(mark)),
+                    reason=f"timed out after {timeout} s and was stopped",
+                )  # fmt: skip
             line = self._responses.readline()
             if line:
                 data: dict[str, Any] = json.loads(line)
                 return data
-            # End of stream: the process is gone. Only its parent (the worker's main process) can learn how.
-            code = self.proc.wait(timeout=10) if self._owner == os.getpid() else None
+            # End of stream: the process is gone (or going). Its parent reaps it and shares how it ended.
+            code = self.exit_status(wait=EXIT_STATUS_WAIT)
+            text = self._log_text(mark)
+            how = "its exit status is unknown" if code is None else failure_reason(text, code)
             raise BlenderVanished(
-                argv, code, output_tail(self._log_text(mark)), reason=f"the warm Blender (pid {self.pid}) went away"
+                self.argv, code, output_tail(text), reason=f"the warm Blender (pid {self.pid}) went away mid-job: {how}"
             )
 
     def _log_size(self) -> int:
@@ -207,6 +247,11 @@ class WarmBlender:
         self._log.flush()
         data = os.pread(self._log.fileno(), 1 << 20, start)
         return data.decode("utf-8", errors="replace")
+
+
+def _reap(proc: subprocess.Popen[bytes], slot: mmap.mmap) -> None:
+    """A thread of the process that started Blender: wait for it to end and share its exit status."""
+    slot[: _STATUS.size] = _STATUS.pack(1, proc.wait())
 
 
 # The warm process of this worker. A module-level slot because rq calls the job function by name with

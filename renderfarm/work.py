@@ -3,14 +3,19 @@
 The image is written to the renders folder (RENDERFARM_RENDERS_DIR), which the api container mounts
 and serves; the worker never talks to the API.
 
-While Blender runs, a thread keeps the job's heartbeat alive, so a worker that vanishes (SIGKILL, a VM
-gone without notice) is found by the reaper and its job retried on sq. A worker told to stop (SIGTERM,
-the cloud's preemption notice) gets ShutDownImminentException here: Blender is stopped and the job is
-put on sq at once, recorded as preempted.
+From the moment a worker takes a job off its queue until the job is done with, the worker keeps a claim
+on it (`Claim`, in the worker's main process): the orphan rescue leaves a claimed job alone, however long
+the worker's warm Blender takes to start. The job itself is started only through the rq job that carries
+it (`JobManager.mark_started` is fenced by it). While Blender runs, a thread keeps the job's heartbeat
+alive, so a worker that vanishes (SIGKILL, a VM gone without notice) is found by the reaper and its job
+retried on sq. A worker told to stop (SIGTERM, the cloud's preemption notice) gets ShutDownImminentException
+here: Blender is stopped and the job is put on sq at once, recorded as preempted; once the render is done,
+the notice no longer interrupts the recording of the outcome (`recording_only`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,7 +30,14 @@ from rq.job import Job
 from renderfarm import horse_db, warm
 from renderfarm.clients import make_engine, make_redis
 from renderfarm.db import make_sessionmaker
-from renderfarm.errors import BlenderRenderError, BlenderVanished, RenderConfigError, StaleAttempt
+from renderfarm.errors import (
+    BlenderRenderError,
+    BlenderVanished,
+    RenderConfigError,
+    RenderfarmError,
+    StaleAttempt,
+    StaleRqJob,
+)
 from renderfarm.jobs import RENDER_FUNC, JobManager
 from renderfarm.render import RenderProfile, profile_for, render_scene
 from renderfarm.scene import Scene, parse_scene
@@ -89,6 +101,35 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
 
 
+class Claim(threading.Thread):
+    """In a worker's main process, from the moment it has taken rq job `rq_job` (carrying mjid) off its
+    queue: claims the job at once (`JobManager.claim`) and refreshes the claim every third of the heartbeat
+    TTL until stopped, i.e. for as long as the worker is getting ready (its warm Blender starting) and its
+    work horse runs."""
+
+    def __init__(self, manager: JobManager, mjid: str, rq_job: str) -> None:
+        super().__init__(name=f"claim-{mjid}", daemon=True)
+        self.manager, self.mjid, self.rq_job = manager, mjid, rq_job
+        self.stopped = threading.Event()
+
+    def start(self) -> None:
+        try:
+            self.manager.claim(self.mjid, self.rq_job)  # before anything else can take time
+        except Exception:  # noqa: BLE001 - Redis away: the job is unclaimed, so the rescue's grace applies
+            log.exception("claim on %s failed", self.mjid)
+        super().start()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.manager.heartbeat_ttl / 3):
+            try:
+                self.manager.claim(self.mjid, self.rq_job)
+            except Exception:  # noqa: BLE001 - a blip in Redis: the next refresh comes well within the TTL
+                log.exception("claim on %s failed", self.mjid)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 def interrupted(exc: BlenderRenderError) -> bool:
     """Blender was killed (or its warm process vanished) rather than failing on the scene."""
     if isinstance(exc, BlenderVanished):
@@ -135,13 +176,23 @@ def horse_manager(job: Job | None) -> tuple[JobManager, Callable[[], None]]:
     return manager, lambda: close(manager)
 
 
+def recording_only() -> None:
+    """From here on the work horse only records the job's outcome (in Redis, then Postgres: milliseconds). A
+    shutdown notice now (rq's HerokuWorker tells the horse with SIGRTMIN, which raises ShutDownImminentException
+    wherever the horse is) must not cut that short between the two, or in the middle of a database call."""
+    with contextlib.suppress(ValueError):  # not a process's main thread (no work horse): nothing to ignore
+        signal.signal(signal.SIGRTMIN, signal.SIG_IGN)
+
+
 def run_job(mjid: str, render: Renderer) -> str:
     """The JobManager side of a job: started, heartbeat, render, then finished / failed / requeued."""
     job = get_current_job()
+    if job is None:
+        raise RenderfarmError(f"job {mjid}: run_job runs inside an rq job (a worker's work horse), not on its own")
     manager, done = horse_manager(job)
     try:
-        worker = (job.worker_name if job is not None else None) or f"pid-{os.getpid()}"
-        view = manager.mark_started(mjid, worker)
+        worker = job.worker_name or f"pid-{os.getpid()}"
+        view = manager.mark_started(mjid, worker, rq_job=job.id)
         attempt = view.attempts
         requeue_reason = "preempted" if view.queue.value == "pq" else "interrupted"
         beat = Heartbeat(manager, mjid, attempt)
@@ -150,26 +201,30 @@ def run_job(mjid: str, render: Renderer) -> str:
         try:
             render(parse_scene(manager.scene(mjid)), profile_for(view.quality), out)
         except ShutDownImminentException:
+            recording_only()
             manager.retry_on_standard(mjid, requeue_reason, attempt=attempt)
             return f"{requeue_reason}: requeued on sq"
         except BlenderRenderError as exc:
+            recording_only()
             if interrupted(exc):
-                manager.retry_on_standard(mjid, "interrupted", attempt=attempt)
+                manager.retry_on_standard(mjid, "interrupted", attempt=attempt, error=str(exc))
                 return f"interrupted ({exc.reason}): requeued on sq"
             manager.mark_failed(mjid, str(exc), attempt=attempt)
             raise
         except (RenderConfigError, ValueError) as exc:
+            recording_only()
             manager.mark_failed(mjid, str(exc), attempt=attempt)
             raise
         finally:
             beat.stop()
+        recording_only()
         try:
             manager.mark_finished(mjid, out.name, attempt=attempt)
         except StaleAttempt:
             out.unlink(missing_ok=True)
             raise
         return "finished"
-    except StaleAttempt as exc:
+    except (StaleAttempt, StaleRqJob) as exc:
         log.warning("%s: the job moved on without this worker; its result is dropped", exc)
         return "stale"
     finally:

@@ -8,14 +8,29 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from bench.proc import free_port
+from provisioner.ports import free_port
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from provisioner.config import Settings
 
 # testcontainers' reaper image cannot be pulled here: we clean up our own containers by label.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def renderdev_settings() -> dict[str, Any]:
+    """The kit's stack (renderdev.testing) as this repository's tests want it: Blender from Debian's package
+    (the tests' one source, as host_blender's), never download.blender.org (a closed loopback port)."""
+    return {"blender_source": "apt", "blender_official_base": f"http://127.0.0.1:{free_port()}/release"}
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +67,71 @@ def project_images(docker_client):  # type: ignore[no-untyped-def]
     return settings
 
 
+# Apt may have to fetch Blender and its ~170 dependencies on a host that never had it.
+HOST_BLENDER_TIMEOUT = 1800.0
+
+
+@dataclass(frozen=True)
+class _Inspected:
+    """What declared_version reads of a container (its name and `docker inspect` attributes), for an image."""
+
+    name: str
+    attrs: dict[str, Any]
+
+
+def declared_blender_version(client: DockerClient, settings: Settings) -> str:
+    """The Blender version the project's api image declares (Config.Env BLENDER_VERSION, else its labels),
+    read and checked by the same code `invoke blender` uses on the api container."""
+    from provisioner.blender.inspect import declared_version
+    from provisioner.errors import RenderdevError
+
+    name = settings.image("api")
+    image = client.images.get(name)
+    try:
+        return declared_version(cast("Container", _Inspected(name, image.attrs)), settings).version
+    except RenderdevError as exc:
+        pytest.fail(f"the api image {name} declares no usable Blender version: {exc}")
+
+
+@pytest.fixture(scope="session")
+def host_blender(docker_client, project_images: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The Blender the api image declares, put on this host the way a user does it:
+    `invoke blender --version V --source apt --install-root R --link L`, with R and L in a session folder.
+
+    Returns the link. Every test that runs Blender or a render worker uses it, so no test depends on a
+    `blender` on PATH, on what an earlier test installed, or on what a person installed by hand. The apt
+    source installs Debian's package where apt puts it (/usr/bin/blender), which is the user's own path on
+    Debian 12; a test never downloads from download.blender.org (its base is a closed loopback port)."""
+    from provisioner.blender.verify import reported_version
+    from provisioner.config import load_settings
+    from provisioner.errors import BlenderError
+    from tests.stackutil import invoke
+
+    version = declared_blender_version(docker_client, project_images)
+    folder = tmp_path_factory.mktemp("host-blender")
+    root, link = folder / "blender", folder / "bin" / "blender"
+    settings = load_settings(
+        project=f"rdblender-{uuid.uuid4().hex[:8]}",
+        state_dir=folder / "state",
+        blender_install_root=root,
+        blender_link=link,
+        aliases_file=folder / "cfg" / "aliases.sh",
+        rc_files=[folder / "home" / ".bashrc"],
+    )
+    args = ["blender", "--version", version, "--source", "apt", "--install-root", str(root), "--link", str(link)]
+    done = invoke(settings, *args, timeout=HOST_BLENDER_TIMEOUT)
+    said = done.stdout + done.stderr
+    if done.returncode != 0:
+        pytest.fail(f"`invoke {' '.join(args)}` exited {done.returncode}: the tests need Blender {version}\n{said}")
+    try:
+        found, first = reported_version(link, cached=False)
+    except BlenderError as exc:
+        pytest.fail(f"`invoke {' '.join(args)}` made {link}, which does not answer: {exc}\n{said}")
+    if found != version:
+        pytest.fail(f"{link} reports {first!r}, not Blender {version}\n{said}")
+    return link
+
+
 @pytest.fixture
 def isolated_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Settings for a throw-away compose project next to any developer stack: own name, ports, state, paths."""
@@ -78,17 +158,16 @@ def isolated_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def cleanup_project(docker_client) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
-    """Append compose project names to the list; their containers, networks and volumes go at teardown."""
+    """Append compose project names to the list; their containers, networks, volumes and loopback guard
+    rules (added by an `invoke setup` on an engine before 28) go at teardown."""
+    from provisioner.dockerapi import remove_by_label
+    from provisioner.firewall import remove_project_rules
+
     projects: list[str] = []
     yield projects
-    label = "com.docker.compose.project"
     for name in projects:
-        for c in docker_client.containers.list(all=True, filters={"label": f"{label}={name}"}):
-            c.remove(force=True, v=True)
-        for n in docker_client.networks.list(filters={"label": f"{label}={name}"}):
-            n.remove()
-        for v in docker_client.volumes.list(filters={"label": f"{label}={name}"}):
-            v.remove(force=True)
+        remove_project_rules(name)
+        remove_by_label(docker_client, name)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -4,27 +4,29 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import redis
 from docker import DockerClient
+from rich.console import Console
 from sqlalchemy import create_engine, text
 
-from bench.proc import descendants, free_port
-from provisioner.config import Settings, load_settings
-from provisioner.console import make_console
-from provisioner.plan import apply_steps
-from provisioner.services import db_url, down, plan_services
+from provisioner.config import Settings
+from provisioner.credits import read_token, seed_credits
+from provisioner.ports import free_port
+from provisioner.proc import descendants
+from provisioner.services import db_url
+from renderdev.testing.stack import stack_settings, start_stack, stop_stack
+from renderdev.testing.worker import worker_environment
 from renderfarm.examples import example_scene_path
 from renderfarm.keys import attempts_key
 
@@ -35,58 +37,40 @@ SLOW = {"RENDERFARM_PREVIEW_SAMPLES": "2", "RENDERFARM_HD_SAMPLES": "512"}  # lo
 
 @contextmanager
 def running_stack(client: DockerClient, settings: Settings) -> Iterator[Settings]:
-    """The project's redis, db and api, up and healthy; removed with its volumes afterwards."""
+    """The project's redis, db and api, up and healthy through the testcontainers kit (renderdev.testing, the one
+    way tests start a stack); removed with its volumes afterwards."""
+    stack = start_stack(client, settings)
     try:
-        apply_steps(make_console(), plan_services(client, settings), dry_run=False)
         yield settings
     finally:
-        down(client, settings, volumes=True)
+        stop_stack(stack)
+
+
+def require_blender(link: Path) -> Path:
+    """The Blender a test worker is given: the `host_blender` fixture's link. Without it a worker would quietly
+    fall back to a `blender` on PATH, which is what a person (or an earlier test) happened to install."""
+    if not link.exists():
+        raise AssertionError(
+            f"no Blender at {link}: a test worker is given the `host_blender` fixture's link explicitly"
+            " (pass blender_link=host_blender), never a `blender` from PATH"
+        )
+    return link
 
 
 @contextmanager
-def isolated_stack(client: DockerClient, tmp: Path, **overrides: Any) -> Iterator[Settings]:
-    values: dict[str, Any] = dict(
-        project=f"rdt-{uuid.uuid4().hex[:8]}",
-        state_dir=tmp / "state",
-        redis_port=free_port(),
-        db_port=free_port(),
-        api_port=free_port(),
-        blender_link=tmp / "bin" / "blender",  # absent: workers use `blender` from PATH
-        blender_install_root=tmp / "blender",
-        aliases_file=tmp / "cfg" / "aliases.sh",
-        rc_files=[tmp / "home" / ".bashrc"],
-    )
-    values.update(overrides)
-    with running_stack(client, load_settings(**values)) as settings:
+def isolated_stack(client: DockerClient, tmp: Path, *, blender_link: Path, **overrides: Any) -> Iterator[Settings]:
+    """An own compose project whose workers render with `blender_link` (the `host_blender` fixture)."""
+    settings = stack_settings(tmp, blender_link=require_blender(blender_link), **overrides)
+    with running_stack(client, settings):
         yield settings
 
 
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    """os.environ without any RENDERDEV_* of the developer's, plus every setting of `settings` that names the
-    stack or places something on the host, and samples lowered so renders are quick (`extra` wins)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RENDERDEV_")}
-    env.update(
-        RENDERDEV_CONFIG=str(settings.state_dir.parent / "no-renderdev.toml"),  # no project file is read
-        RENDERDEV_PROJECT=settings.project,
-        RENDERDEV_STATE_DIR=str(settings.state_dir),
-        RENDERDEV_REDIS_PORT=str(settings.redis_port),
-        RENDERDEV_DB_PORT=str(settings.db_port),
-        RENDERDEV_API_PORT=str(settings.api_port),
-        RENDERDEV_BLENDER_INSTALL_ROOT=str(settings.blender_install_root),
-        RENDERDEV_BLENDER_LINK=str(settings.blender_link),
-        RENDERDEV_ALIASES_FILE=str(settings.aliases_file),
-        RENDERDEV_RC_FILES=json.dumps([str(p) for p in settings.rc_files]),
-        RENDERDEV_BLENDER_VERSIONS_FILE=str(settings.blender_versions_file),
-        # never the real download.blender.org: a closed loopback port answers at once
-        RENDERDEV_BLENDER_OFFICIAL_BASE=f"http://127.0.0.1:{free_port()}/release",
-        RENDERDEV_HEARTBEAT_TTL=str(settings.heartbeat_ttl),
-        RENDERDEV_REAP_INTERVAL=str(settings.reap_interval),
-        RENDERDEV_MAX_LOST=str(settings.max_lost),
-        RENDERDEV_HD_PRICE=str(settings.hd_price),
-    )
-    env.update(FAST)
-    env.update(extra)
-    return env
+    """os.environ without any RENDERDEV_* of the developer's, plus every setting of `settings` (the kit's
+    worker_environment), never the real download.blender.org (a closed loopback port answers at once), and samples
+    lowered so renders are quick (`extra` wins)."""
+    closed = f"http://127.0.0.1:{free_port()}/release"
+    return worker_environment(settings, **{"RENDERDEV_BLENDER_OFFICIAL_BASE": closed, **FAST, **extra})
 
 
 def invoke(settings: Settings, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -101,6 +85,7 @@ def invoke(settings: Settings, *args: str, timeout: float = 600, **extra: str) -
 
 
 def run_worker(settings: Settings, queues: str = "pq,sq", **extra: str) -> str:
+    require_blender(settings.blender_link)
     proc = invoke(settings, "worker", "--burst", "--queues", queues, **extra)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout + proc.stderr
@@ -108,6 +93,7 @@ def run_worker(settings: Settings, queues: str = "pq,sq", **extra: str) -> str:
 
 def start_worker(settings: Settings, queues: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     """A long-running worker (not burst), in its own process group, its output in `log`."""
+    require_blender(settings.blender_link)
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "invoke", "worker", "--queues", queues],
@@ -131,24 +117,6 @@ def blender_pids(pid: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def kill_tree(pid: int, sig: signal.Signals = signal.SIGKILL) -> list[int]:
-    pids = descendants(pid)
-    for p in pids:
-        try:
-            os.kill(p, sig)
-        except ProcessLookupError:
-            pass
-    return pids
-
-
 def wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.1) -> float:
     """Wait until predicate() is true; return the seconds it took; fail naming what was awaited."""
     start = time.monotonic()
@@ -160,16 +128,33 @@ def wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.1) -> fl
         time.sleep(poll)
 
 
-def seed(settings: Settings, user: str, amount: int) -> None:
-    proc = invoke(settings, "seed-credits", "--user", user, "--amount", str(amount))
+@dataclass(frozen=True)
+class User:
+    """A user of a test stack's API: their email and the API token `invoke seed-credits` made for them."""
+
+    email: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def seed(settings: Settings, user: str | User, amount: int) -> None:
+    email = user.email if isinstance(user, User) else user
+    proc = invoke(settings, "seed-credits", "--user", email, "--amount", str(amount))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def new_user(settings: Settings, credits: int = 0) -> str:
-    user = f"u{uuid.uuid4().hex[:10]}@example.com"
+def new_user(settings: Settings, credits: int = 0) -> User:
+    """A new user with an API token (read from the state folder, where seed-credits saved it): seeded through
+    `invoke seed-credits` when given credits, else made in-process the same way with none."""
+    email = f"u{uuid.uuid4().hex[:10]}@example.com"
     if credits:
-        seed(settings, user, credits)
-    return user
+        seed(settings, email, credits)
+    else:
+        seed_credits(settings, Console(quiet=True), user=email, amount=None)
+    return User(email=email, token=read_token(settings, email))
 
 
 def example_scene() -> dict[str, Any]:
@@ -184,8 +169,8 @@ def small_scene(**camera: Any) -> dict[str, Any]:
     return scene
 
 
-def balance(api: httpx.Client, user: str) -> int:
-    resp = api.get(f"/users/{user}/credits")
+def balance(api: httpx.Client, user: User) -> int:
+    resp = api.get(f"/users/{user.email}/credits", headers=user.headers)
     assert resp.status_code == 200, resp.text
     return int(resp.json()["balance"])
 
@@ -210,6 +195,9 @@ def ledger(settings: Settings, mjid: str) -> list[tuple[str, int]]:
         engine.dispose()
 
 
-def job(api: httpx.Client, mjid: str) -> dict[str, Any]:
-    data: dict[str, Any] = api.get(f"/renders/{mjid}").json()
+def job(api: httpx.Client, mjid: str, user: User) -> dict[str, Any]:
+    """The job's state as its user sees it (GET /renders/{mjid} with their token)."""
+    resp = api.get(f"/renders/{mjid}", headers=user.headers)
+    assert resp.status_code == 200, resp.text
+    data: dict[str, Any] = resp.json()
     return data

@@ -84,7 +84,7 @@ def plan_blender(
     else:
         version, why = str(parse_version(version)), "given with --version"
     entry = versions.entry(version)
-    req = Request(version, entry, versions.path, settings, console, insecure)
+    req = Request(version, entry, versions.path, settings, console, insecure, remember=not dry_run)
     root, link_path = settings.blender_install_root, settings.blender_link
 
     steps = [Step(COMPONENT, "resolve version", StepState.OK, f"Blender {version}: {why}")]
@@ -111,7 +111,7 @@ def plan_blender(
         steps.append(Step(COMPONENT, install_title, StepState.CHANGE, detail, apply=apply_install))
 
     expected = current.binary if current is not None else binary_path(root, version)
-    plan = links.decide(link_path, expected, install_root=root, version=version)
+    plan = links.decide(link_path, expected, install_root=root, version=version, remember=not dry_run)
     links.check(plan, force=force)
 
     def apply_link() -> str:

@@ -118,9 +118,9 @@ def _same(path: str, target: Path) -> bool:
     return os.path.exists(path) and os.path.realpath(path) == os.path.realpath(target)
 
 
-def _reported(path: Path) -> str | None:
+def _reported(path: Path, *, remember: bool = True) -> str | None:
     try:
-        return reported_version(path)[0]
+        return reported_version(path, remember=remember)[0]
     except BlenderError:
         return None
 
@@ -132,8 +132,8 @@ def is_ours(link: Path, dest: str, root: Path, records: dict[str, LinkRecord]) -
     return points_into(root, dest) or (rec is not None and os.path.normpath(rec.target) == dest)
 
 
-def decide(link: Path, target: Path, *, install_root: Path, version: str) -> LinkPlan:
-    """What is at the link path, and what making it point at target takes."""
+def decide(link: Path, target: Path, *, install_root: Path, version: str, remember: bool = True) -> LinkPlan:
+    """What is at the link path, and what making it point at target takes (remember: see reported_version)."""
     try:
         st = os.lstat(link)
     except FileNotFoundError:
@@ -148,20 +148,20 @@ def decide(link: Path, target: Path, *, install_root: Path, version: str) -> Lin
         if is_ours(link, dest, install_root, read_records(install_root)):
             dangling = "" if os.path.exists(link) else ", dangling"
             return LinkPlan(link, target, LinkState.OURS, f"renderdev's link to {raw}{dangling}")
-        return _foreign(link, target, version, f"a link to {raw}", LinkState.FOREIGN_LINK)
+        return _foreign(link, target, version, f"a link to {raw}", LinkState.FOREIGN_LINK, remember=remember)
     if stat.S_ISREG(st.st_mode):
         if _same(str(link), target):
             return LinkPlan(link, target, LinkState.RIGHT, "the wanted binary itself")
-        return _foreign(link, target, version, "a regular file", LinkState.FILE)
+        return _foreign(link, target, version, "a regular file", LinkState.FILE, remember=remember)
     kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a special file"
     return LinkPlan(link, target, LinkState.OTHER, kind)
 
 
-def _foreign(link: Path, target: Path, version: str, what: str, state: LinkState) -> LinkPlan:
+def _foreign(link: Path, target: Path, version: str, what: str, state: LinkState, *, remember: bool = True) -> LinkPlan:
     owner = dpkg.owner(link)
     if owner is None:
         return LinkPlan(link, target, state, what)
-    found = _reported(link)
+    found = _reported(link, remember=remember)
     desc = f"{what} of Debian package {owner} (Blender {found or 'unknown'})"
     state = LinkState.PACKAGED if found == version else LinkState.PACKAGED_FILE
     return LinkPlan(link, target, state, desc, owner=owner)

@@ -67,6 +67,7 @@ class Request:
     settings: Settings
     console: Console
     insecure: bool = False
+    remember: bool = True  # remember `blender --version` answers (False in a dry run: it writes nothing)
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ def apt_installed(req: Request) -> Result | None:
         return None
     binary = dpkg.truename(Path(pin.binary))
     try:
-        verify(binary, req.version)
+        verify(binary, req.version, remember=req.remember)
     except BlenderError:
         return None
     return Result(req.version, binary, SourceName.APT, f"Debian package {pin.package} {pin.version}")

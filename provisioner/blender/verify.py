@@ -41,17 +41,20 @@ def _load_cache() -> dict[str, list[str | None]]:
     return {}
 
 
-def reported_version(binary: Path, *, timeout: float = VERSION_TIMEOUT, cached: bool = True) -> tuple[str | None, str]:
+def reported_version(
+    binary: Path, *, timeout: float = VERSION_TIMEOUT, cached: bool = True, remember: bool = True
+) -> tuple[str | None, str]:
     """(version, first line) from `<binary> --version`; version is None when the line names none.
 
-    With cached, an answer remembered for this very file is returned without running it."""
+    With cached, an answer remembered for this very file is returned without running it; a new answer
+    is remembered only with remember (a dry run passes False: it writes nothing, not even this cache)."""
     key = _identity(binary) if cached else None
     if key is not None:
         hit = _load_cache().get(key)
         if isinstance(hit, list) and len(hit) == 2 and isinstance(hit[1], str):
             return hit[0], hit[1]
     found, first = _ask(binary, timeout)
-    if key is not None and found is not None:
+    if key is not None and found is not None and remember:
         entries = {k: v for k, v in _load_cache().items() if k.split(":", 1)[0] != key.split(":", 1)[0]}
         entries[key] = [found, first]
         with contextlib.suppress(HostWriteError):  # only a cache: never fail the install over it
@@ -73,9 +76,11 @@ def _ask(binary: Path, timeout: float) -> tuple[str | None, str]:
     return (m.group(1) if m else None), first
 
 
-def verify(binary: Path, version: str, *, timeout: float = VERSION_TIMEOUT, cached: bool = True) -> str:
+def verify(
+    binary: Path, version: str, *, timeout: float = VERSION_TIMEOUT, cached: bool = True, remember: bool = True
+) -> str:
     """Raise unless `<binary> --version` starts with 'Blender <version>'; return that first line."""
-    found, first = reported_version(binary, timeout=timeout, cached=cached)
+    found, first = reported_version(binary, timeout=timeout, cached=cached, remember=remember)
     if found != version:
         raise BlenderError(
             f"{binary} reports {first or 'nothing'!r} for --version, expected Blender {version}",

@@ -1,22 +1,28 @@
-"""`invoke setup` end to end, against an isolated compose project, as a user runs it."""
+"""`invoke setup` end to end, against an isolated compose project, as a user runs it.
+
+Blender comes from a named source (`--source apt`: Debian's package, which setup installs when the host
+lacks it), and download.blender.org is a closed loopback port, so the test never downloads it by chance."""
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from bench.proc import free_port
+from provisioner.config import load_settings
+from provisioner.ports import free_port
 from renderfarm.examples import load_example_scene
 from renderfarm.render import RenderProfile, render_scene
+from tests.stackutil import env_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[2]
+SOURCE = ("--source", "apt")  # the Blender source, named: never "auto", which may try download.blender.org
 
 
 def _invoke(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -41,32 +47,35 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_invoke_setup_end_to_end(docker_client, project_images, tmp_path: Path, cleanup_project) -> None:  # type: ignore[no-untyped-def]
-    project = f"rde2e-{os.getpid()}"
-    cleanup_project.append(project)
     home = tmp_path / "home"
     home.mkdir()
     (home / ".bashrc").write_text("# user's own\n")
     link = tmp_path / "bin" / "blender"
-    env = dict(os.environ)
-    env.update(
-        RENDERDEV_PROJECT=project,
-        RENDERDEV_REDIS_PORT=str(free_port()),
-        RENDERDEV_DB_PORT=str(free_port()),
-        RENDERDEV_API_PORT=str(free_port()),
-        RENDERDEV_STATE_DIR=str(tmp_path / "state"),
-        RENDERDEV_BLENDER_INSTALL_ROOT=str(tmp_path / "blender"),
-        RENDERDEV_BLENDER_LINK=str(link),
-        RENDERDEV_ALIASES_FILE=str(tmp_path / "cfg" / "aliases.sh"),
-        RENDERDEV_RC_FILES=json.dumps([str(home / ".bashrc"), str(home / ".zshrc")]),
+    settings = load_settings(
+        project=f"rde2e-{uuid.uuid4().hex[:8]}",
+        redis_port=free_port(),
+        db_port=free_port(),
+        api_port=free_port(),
+        state_dir=tmp_path / "state",
+        blender_install_root=tmp_path / "blender",
+        blender_link=link,
+        aliases_file=tmp_path / "cfg" / "aliases.sh",
+        rc_files=[home / ".bashrc", home / ".zshrc"],
     )
+    project = settings.project
+    cleanup_project.append(project)
+    # None of the developer's RENDERDEV_* settings; RENDERDEV_BLENDER_OFFICIAL_BASE is a closed loopback port.
+    env = env_for(settings)
 
-    dry = _invoke(env, "setup", "--dry-run")
+    dry = _invoke(env, "setup", *SOURCE, "--dry-run")
     assert "Dry run" in dry.stdout
     assert not docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
     assert not link.exists() and not link.is_symlink()
 
-    first = _invoke(env, "setup")
+    first = _invoke(env, "setup", *SOURCE)
     assert "Changed:" in first.stdout, first.stdout
+    assert "Debian package blender" in first.stdout or "apt: " in first.stdout, first.stdout
+    assert "download.blender.org" not in first.stdout + first.stderr, first.stdout
 
     containers = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
     services = {c.labels["com.docker.compose.service"]: c for c in containers}
@@ -90,7 +99,7 @@ def test_invoke_setup_end_to_end(docker_client, project_images, tmp_path: Path, 
     assert "renderdev aliases" in (home / ".bashrc").read_text()
     assert (home / ".bashrc").read_text().startswith("# user's own\n")
 
-    second = _invoke(env, "setup")
+    second = _invoke(env, "setup", *SOURCE)
     assert "Nothing changed" in second.stdout, second.stdout
 
     status = _invoke(env, "status", "--json")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from docker import DockerClient
 
-from bench.proc import free_port
 from provisioner.config import Settings, load_settings
 from provisioner.dockerapi import PROJECT_LABEL
+from provisioner.ports import free_port
 from tests.stackutil import env_for, running_stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,14 +113,3 @@ def containers(client: DockerClient, *projects: str) -> list[tuple[str, str, str
         for c in client.containers.list(all=True, filters={"label": f"{PROJECT_LABEL}={project}"}):
             rows.append((str(c.name), str(c.status), str(c.id)))
     return sorted(rows)
-
-
-def remove_project(client: DockerClient, project: str) -> None:
-    """Remove whatever a compose project left: containers, networks, volumes."""
-    label = {"label": f"{PROJECT_LABEL}={project}"}
-    for c in client.containers.list(all=True, filters=label):
-        c.remove(force=True, v=True)
-    for n in client.networks.list(filters=label):
-        n.remove()
-    for v in client.volumes.list(filters=label):
-        v.remove(force=True)

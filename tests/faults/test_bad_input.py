@@ -35,8 +35,9 @@ from docker import DockerClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from bench.proc import free_port
 from provisioner.config import Settings
+from provisioner.credits import read_token
+from provisioner.ports import free_port
 from provisioner.services import api_url, db_url, redis_url
 from renderfarm.examples import example_scene_path
 from renderfarm.keys import mq_index_key
@@ -287,6 +288,7 @@ def bench(
             ):
                 done = run_invoke(env, *args)
                 assert done.returncode == 0, done.stdout + done.stderr
+            api.headers["Authorization"] = f"Bearer {read_token(settings, USER)}"  # USER's, as seeded above
             r = redis.Redis.from_url(redis_url(settings))
             engine = create_engine(db_url(settings))
             values = {
@@ -404,6 +406,9 @@ def set_in(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 
 SHA_HINT = "check the mirror"
+JSON = {"content-type": "application/json"}
+NO_TOKEN = {**JSON, "Authorization": ""}  # overrides the client's token: sends none
+BAD_TOKEN = {**JSON, "Authorization": "Bearer not-a-token-anyone-has"}
 CASES = [
     # --- the versions file
     Case("versions-malformed-yaml", versions_file("malformed"), ("malformed.yaml", "not valid YAML", "line")),
@@ -613,12 +618,27 @@ CASES = [
     ),
     Case("api-unknown-field", post(set_in("scene.owner", "x")), ("owner", "Extra inputs"), 422),
     Case("api-unknown-quality", post(set_in("quality", "ultra")), ("quality", "ultra", "'preview' or 'hd'"), 422),
-    Case("api-user-missing", post(lambda b: b.pop("user")), ("user", "Field required"), 422),
+    Case("api-quality-missing", post(lambda b: b.pop("quality")), ("quality", "Field required"), 422),
     Case("api-not-json", raw(lambda: b"{not json"), ("JSON decode error",), 422),
     Case("api-json-array", raw(lambda: b"[1, 2]"), ("body", "valid dictionary"), 422),
     Case("api-oversized", raw(oversized), ("request body too large", "1000000 bytes"), 413),
     Case("api-oversized-chunked", raw(oversized_chunks), ("request body too large", "1000000 bytes"), 413),
-    Case("api-unknown-user", post(set_in("user", "nobody@example.com")), ("unknown user", "invoke seed-credits"), 404),
+    Case("api-another-user", post(set_in("user", "nobody@example.com")), (USER, "nobody@example.com"), 403),
+    Case(
+        "api-no-token",
+        Http("POST", "/renders", body=set_in("quality", "preview"), headers=NO_TOKEN),
+        ("missing API token", "Authorization: Bearer", "invoke seed-credits"),
+        401,
+    ),
+    Case(
+        "api-unknown-token",
+        Http("POST", "/renders", body=set_in("quality", "hd"), headers=BAD_TOKEN),
+        ("unknown API token", "invoke seed-credits", "--rotate-token"),
+        401,
+    ),
+    Case("api-no-token-job", Http("GET", "/renders/" + "0" * 32, headers=NO_TOKEN), ("missing API token",), 401),
+    Case("api-another-users-credits", Http("GET", "/users/nobody@example.com/credits"), (USER, "nobody"), 403),
+    Case("api-job-key-suffix", Http("GET", "/renders/" + "0" * 32 + ":scene"), ("no such job",), 404),
     Case("api-hd-too-few-credits", post(set_in("quality", "hd")), ("has 5", "price is 10", "seed-credits"), 402),
     Case("api-unknown-job", Http("GET", "/renders/no-such-mjid"), ("no such job: no-such-mjid",), 404),
 ]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,19 +31,23 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def stack(
-    docker_client: DockerClient, project_images: Settings, tmp_path_factory: pytest.TempPathFactory
+    docker_client: DockerClient,
+    project_images: Settings,
+    host_blender: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
-    with isolated_stack(docker_client, tmp_path_factory.mktemp("load")) as settings:
+    with isolated_stack(docker_client, tmp_path_factory.mktemp("load"), blender_link=host_blender) as settings:
         yield settings
 
 
 def test_200_concurrent_posts_all_finished_by_two_workers_none_lost_or_twice(stack: Settings) -> None:
     user = new_user(stack, credits=1)
-    with httpx.Client(base_url=api_url(stack), timeout=60, limits=httpx.Limits(max_connections=50)) as api:
-        assert api.post("/renders", json={"user": user, "quality": "preview", "scene": TINY}).status_code == 202
+    limits = httpx.Limits(max_connections=50)
+    with httpx.Client(base_url=api_url(stack), timeout=60, limits=limits, headers=user.headers) as api:
+        assert api.post("/renders", json={"quality": "preview", "scene": TINY}).status_code == 202
 
         def post(_: int) -> httpx.Response:
-            return api.post("/renders", json={"user": user, "quality": "preview", "scene": TINY})
+            return api.post("/renders", json={"quality": "preview", "scene": TINY})
 
         with ThreadPoolExecutor(max_workers=50) as pool:
             responses = list(pool.map(post, range(N)))

@@ -6,6 +6,7 @@ no request text ever reaches a shell."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import stat
@@ -23,6 +24,7 @@ from docker import DockerClient
 from sqlalchemy import create_engine, text
 
 from provisioner.config import REPO_ROOT, Settings
+from provisioner.credits import read_token, token_file
 from provisioner.dockerapi import project_containers
 from provisioner.secrets import mask, read_secrets, secrets_dir
 from provisioner.services import api_url, db_url, redis_url
@@ -40,6 +42,7 @@ class Stack:
     env: dict[str, str]
     passwords: dict[str, str]  # redis_password, db_password
     setup_output: str
+    seed_output: str  # the first seed-credits of USER: it shows USER's API token, once
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +60,14 @@ def stack(
         assert done.returncode == 0, done.stdout + done.stderr
         seeded = run_invoke(env, "seed-credits", "--user", USER, "--amount", "20")
         assert seeded.returncode == 0, seeded.stdout + seeded.stderr
-        yield Stack(settings, env, read_secrets(settings), done.stdout + done.stderr + seeded.stdout + seeded.stderr)
+        yield Stack(settings, env, read_secrets(settings), done.stdout + done.stderr, seeded.stdout + seeded.stderr)
     finally:
         run_invoke(env, "down", "--all")
         remove_project(docker_client, settings.project)
+
+
+def token_headers(settings: Settings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {read_token(settings, USER)}"}
 
 
 def leaks(stack: Stack, said: str) -> list[str]:
@@ -164,6 +171,43 @@ def _db_rows(s: Settings) -> tuple[int, ...]:
         engine.dispose()
 
 
+def test_the_api_token_is_shown_once_kept_private_and_stored_only_hashed(
+    stack: Stack, docker_client: DockerClient
+) -> None:
+    s = stack.settings
+    path = token_file(s, USER)
+    token = read_token(s, USER)
+    assert mode(path) == 0o600 and mode(path.parent) == 0o700
+    assert stack.seed_output.count(token) == 1, "the first seed prints it once"
+    with httpx.Client(base_url=api_url(s), timeout=30, headers=token_headers(s)) as api:
+        assert api.get(f"/users/{USER}/credits").status_code == 200  # in use: a request carried it
+    again = run_invoke(stack.env, "seed-credits", "--user", USER, "--amount", "1")
+    status = run_invoke(stack.env, "status", "--json")
+    for out in (again, status):
+        assert token not in out.stdout + out.stderr
+    for p in [s.aliases_file, *s.rc_files, s.secrets_file]:
+        if p.exists():
+            assert token not in p.read_text(), p
+    for c in project_containers(docker_client, s.project):
+        c.reload()
+        assert token not in json.dumps(c.attrs), f"docker inspect {c.name}"
+        assert token.encode() not in c.logs(), f"docker logs {c.name}"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                assert token.encode() not in (proc / "cmdline").read_bytes(), f"/proc/{proc.name}/cmdline"
+            except OSError:
+                continue
+    engine = create_engine(db_url(s))
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT * FROM users WHERE email = :e"), {"e": USER}).mappings().one()
+    finally:
+        engine.dispose()
+    assert row["token_hash"] == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in json.dumps({k: str(v) for k, v in row.items()}), "Postgres keeps only its sha256"
+
+
 @pytest.mark.parametrize("how", ["option", "environment"])
 def test_seed_credits_refuses_a_remote_database_without_force(stack: Stack, how: str) -> None:
     remote = "postgresql+psycopg://admin:remote-s3cret@db.example.com:5432/prod"
@@ -212,7 +256,7 @@ def test_request_text_never_reaches_a_shell(stack: Stack) -> None:
 
     before = state()
     try:
-        with httpx.Client(base_url=api_url(s), timeout=30) as api:
+        with httpx.Client(base_url=api_url(s), timeout=30, headers=token_headers(s)) as api:
             for template in SHELL_TEXT:
                 bad = template.format(mark=mark)
                 cases: list[tuple[str, dict[str, Any]]] = [
@@ -228,7 +272,8 @@ def test_request_text_never_reaches_a_shell(stack: Stack) -> None:
                     assert resp.status_code == 422, f"{where}={bad!r}: {resp.status_code} {resp.text}"
                     assert any(where in map(str, d["loc"]) for d in resp.json()["detail"]), resp.text
                 got = api.get(f"/users/{quote(bad, safe='')}@example.com/credits")
-                assert got.status_code in (404, 422), got.text
+                # never looked up: not the token's user (403), or, with a '/' in it, no route at all (404)
+                assert got.status_code in (403, 404), got.text
                 seeded = run_invoke(stack.env, "seed-credits", "--user", f"{bad}@example.com", "--amount", "1")
                 assert seeded.returncode == 1 and "not an email address" in seeded.stderr, seeded.stderr
         assert state() == before, "nothing was queued, recorded or charged"

@@ -17,9 +17,7 @@ from testcontainers.core.container import DockerContainer
 from provisioner.blender import link as links
 from provisioner.blender.inspect import ApiContainerDown, read_version
 from provisioner.blender.install import check_blender, plan_blender
-from provisioner.blender.sources import Request, from_apt
-from provisioner.blender.versions import load_versions
-from provisioner.config import REPO_ROOT, Settings, load_settings
+from provisioner.config import Settings, load_settings
 from provisioner.dockerapi import PROJECT_LABEL, SERVICE_LABEL
 from provisioner.errors import BlenderError, DockerError
 from provisioner.plan import StepState, apply_steps
@@ -197,23 +195,17 @@ def test_dry_run_before_the_api_container_is_up(
         plan_blender(docker_client, settings, console)
 
 
-def ensure_host_blender() -> None:
-    """Debian's Blender 3.4.1 on the host, through renderdev's own apt source when it is missing."""
-    if not Path("/usr/bin/blender").exists():
-        vf = load_versions(REPO_ROOT / "blender_versions.yaml")
-        from_apt(Request("3.4.1", vf.entry("3.4.1"), vf.path, load_settings(), Console(), False))
-
-
 def test_status_then_setup_from_the_container(
     docker_client: DockerClient,
     version_images: dict[str, str],
     start: Callable[..., str],
     isolated_settings: Callable[..., Settings],
     cleanup_project: list[str],
+    host_blender: Path,
 ) -> None:
     """The container wants 3.4.1, which Debian's pinned package provides: status says what is missing,
     the plan links it, status is then all right, and unlink takes the link away again."""
-    ensure_host_blender()
+    assert os.readlink(host_blender) == "/usr/bin/blender", "host_blender is Debian's package (--source apt)"
     settings = isolated_settings()
     cleanup_project.append(settings.project)
     start(version_images["env"], labels={PROJECT_LABEL: settings.project, SERVICE_LABEL: "api"})

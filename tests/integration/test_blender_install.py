@@ -27,9 +27,7 @@ from rich.console import Console
 from provisioner.blender import link as links
 from provisioner.blender.install import plan_blender
 from provisioner.blender.installs import METADATA
-from provisioner.blender.sources import Request, from_apt
-from provisioner.blender.versions import load_versions
-from provisioner.config import REPO_ROOT, Settings, load_settings
+from provisioner.config import REPO_ROOT, Settings
 from provisioner.errors import BlenderError, HostWriteError
 from provisioner.plan import StepState, apply_steps
 
@@ -54,17 +52,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-@pytest.fixture(scope="session")
-def host_blender() -> Path:
-    """The host's real Blender; installed through renderdev's own apt source when it is missing."""
-    if not HOST_BLENDER.exists():
-        vf = load_versions(REPO_ROOT / "blender_versions.yaml")
-        req = Request(VERSION, vf.entry(VERSION), vf.path, load_settings(), Console(), False)
-        from_apt(req)
-    assert HOST_BLENDER.exists()
-    return HOST_BLENDER
 
 
 def _build_release(tree_root: Path, out: Path, version: str, binary: Path) -> None:
@@ -260,6 +247,7 @@ def test_local_folder_mirror(settings_for: Callable[..., Settings], mirror: Mirr
 def test_dpkg_owned_link_path_read_only(settings_for: Callable[..., Settings], host_blender: Path) -> None:
     """The real /usr/bin/blender, only looked at (no force, nothing applied): Debian's package satisfies
     3.4.1 through the apt pin or by its version, and another version is refused naming the package."""
+    assert os.readlink(host_blender) == str(HOST_BLENDER), "host_blender is Debian's package (--source apt)"
     before = os.lstat(HOST_BLENDER)
     console = Console(file=io.StringIO(), width=200)
 

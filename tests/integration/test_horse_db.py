@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from docker import DockerClient
@@ -26,9 +27,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stack(
-    docker_client: DockerClient, project_images: Settings, tmp_path_factory: pytest.TempPathFactory
+    docker_client: DockerClient,
+    project_images: Settings,
+    host_blender: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
-    with isolated_stack(docker_client, tmp_path_factory.mktemp("horse-db")) as settings:
+    with isolated_stack(docker_client, tmp_path_factory.mktemp("horse-db"), blender_link=host_blender) as settings:
         yield settings
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,9 +41,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stack(
-    docker_client: DockerClient, project_images: Settings, tmp_path_factory: pytest.TempPathFactory
+    docker_client: DockerClient,
+    project_images: Settings,
+    host_blender: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Settings]:
-    with isolated_stack(docker_client, tmp_path_factory.mktemp("pipeline"), hd_price=10) as settings:
+    folder = tmp_path_factory.mktemp("pipeline")
+    with isolated_stack(docker_client, folder, blender_link=host_blender, hd_price=10) as settings:
         yield settings
 
 
@@ -55,7 +60,7 @@ def test_preview_goes_to_pq_then_a_worker_renders_a_640x360_png(
     stack: Settings, api: httpx.Client, r: redis.Redis
 ) -> None:
     user = new_user(stack, credits=1)
-    resp = api.post("/renders", json={"user": user, "quality": "preview", "scene": example_scene()})
+    resp = api.post("/renders", json={"quality": "preview", "scene": example_scene()}, headers=user.headers)
     assert resp.status_code == 202, resp.text
     body = resp.json()
     mjid = body["mjid"]
@@ -63,15 +68,15 @@ def test_preview_goes_to_pq_then_a_worker_renders_a_640x360_png(
     assert mjid in queue_ids(r, "pq") and mjid not in queue_ids(r, "sq")
     assert r.zscore(mq_index_key(), mjid) is not None and r.hget(mq_key(mjid), "state") == b"queued"
 
-    early = api.get(f"/renders/{mjid}/image")
+    early = api.get(f"/renders/{mjid}/image", headers=user.headers)
     assert early.status_code == 409 and early.json()["state"] == "queued"
 
     run_worker(stack, "pq")
-    job = api.get(f"/renders/{mjid}").json()
+    job = api.get(f"/renders/{mjid}", headers=user.headers).json()
     assert job["state"] == "finished", job
     assert job["queue"] == "pq" and job["attempts"] == 1 and job["quality"] == "preview"
     assert job["image_url"] == f"/renders/{mjid}/image"
-    img = api.get(job["image_url"])
+    img = api.get(job["image_url"], headers=user.headers)
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
     out = stack.state_dir / "dl.png"
     out.write_bytes(img.content)
@@ -81,15 +86,15 @@ def test_preview_goes_to_pq_then_a_worker_renders_a_640x360_png(
 
 def test_hd_with_credits_renders_1920x1080_and_charges_exactly_once(stack: Settings, api: httpx.Client) -> None:
     user = new_user(stack, credits=25)
-    resp = api.post("/renders", json={"user": user, "quality": "hd", "scene": small_scene()})
+    resp = api.post("/renders", json={"quality": "hd", "scene": small_scene()}, headers=user.headers)
     assert resp.status_code == 202, resp.text
     mjid = resp.json()["mjid"]
     assert balance(api, user) == 15
     run_worker(stack)
-    job = api.get(f"/renders/{mjid}").json()
+    job = api.get(f"/renders/{mjid}", headers=user.headers).json()
     assert job["state"] == "finished", job
     out = stack.state_dir / "hd.png"
-    out.write_bytes(api.get(f"/renders/{mjid}/image").content)
+    out.write_bytes(api.get(f"/renders/{mjid}/image", headers=user.headers).content)
     assert png_size(out) == (1920, 1080)
     assert balance(api, user) == 15
     assert ledger(stack, mjid) == [("charge", -10)]
@@ -100,7 +105,7 @@ def test_hd_without_enough_credits_is_402_and_changes_nothing(
 ) -> None:
     user = new_user(stack, credits=9)
     before = (queue_ids(r, "pq"), queue_ids(r, "sq"), r.zcard(mq_index_key()))
-    resp = api.post("/renders", json={"user": user, "quality": "hd", "scene": small_scene()})
+    resp = api.post("/renders", json={"quality": "hd", "scene": small_scene()}, headers=user.headers)
     assert resp.status_code == 402, resp.text
     body = resp.json()
     assert body["balance"] == 9 and body["price"] == 10
@@ -109,16 +114,22 @@ def test_hd_without_enough_credits_is_402_and_changes_nothing(
     assert balance(api, user) == 9
 
 
-def test_unknown_user_is_404_with_the_seed_credits_hint(api: httpx.Client) -> None:
-    resp = api.post("/renders", json={"user": "nobody@example.com", "quality": "preview", "scene": small_scene()})
-    assert resp.status_code == 404
-    assert "invoke seed-credits" in resp.json()["detail"]
-    assert api.get("/users/nobody@example.com/credits").status_code == 404
+def test_a_render_for_another_user_is_403_and_charges_nobody(stack: Settings, api: httpx.Client) -> None:
+    payer, other = new_user(stack, credits=10), new_user(stack, credits=10)
+    body = {"user": other.email, "quality": "hd", "scene": small_scene()}
+    resp = api.post("/renders", json=body, headers=payer.headers)
+    assert resp.status_code == 403, resp.text
+    assert payer.email in resp.json()["detail"] and other.email in resp.json()["detail"]
+    assert (balance(api, payer), balance(api, other)) == (10, 10)
+    named = api.post("/renders", json={**body, "user": payer.email}, headers=payer.headers)
+    assert named.status_code == 202, named.text  # naming oneself is allowed
+    assert (balance(api, payer), balance(api, other)) == (0, 10)
 
 
-def test_unknown_mjid_is_404_no_such_job(api: httpx.Client) -> None:
+def test_unknown_mjid_is_404_no_such_job(stack: Settings, api: httpx.Client) -> None:
+    user = new_user(stack)
     for path in ("/renders/not-a-job", "/renders/not-a-job/image"):
-        resp = api.get(path)
+        resp = api.get(path, headers=user.headers)
         assert resp.status_code == 404
         assert resp.json()["detail"] == "no such job: not-a-job"
 
@@ -137,35 +148,36 @@ def test_bad_request_is_422_naming_the_field(
     stack: Settings, api: httpx.Client, r: redis.Redis, change: Any, field: str
 ) -> None:
     user = new_user(stack, credits=1)
-    body = {"user": user, "quality": "preview", "scene": small_scene()}
+    body = {"user": user.email, "quality": "preview", "scene": small_scene()}
     change(body)
     before = r.zcard(mq_index_key())
-    resp = api.post("/renders", json=body)
+    resp = api.post("/renders", json=body, headers=user.headers)
     assert resp.status_code == 422, resp.text
     assert any(field in map(str, d["loc"]) for d in resp.json()["detail"]), resp.json()
     assert r.zcard(mq_index_key()) == before
 
 
-def test_non_json_body_is_422(api: httpx.Client) -> None:
-    resp = api.post("/renders", content=b"{not json", headers={"content-type": "application/json"})
+def test_non_json_body_is_422(stack: Settings, api: httpx.Client) -> None:
+    user = new_user(stack)
+    resp = api.post("/renders", content=b"{not json", headers={"content-type": "application/json", **user.headers})
     assert resp.status_code == 422
 
 
 def test_blender_failure_marks_failed_with_blenders_error_and_refunds_once(stack: Settings, api: httpx.Client) -> None:
     user = new_user(stack, credits=10)
     scene = small_scene(position=[1.0, 1.0, 1.5], target=[1.0, 1.0, 1.5])
-    resp = api.post("/renders", json={"user": user, "quality": "hd", "scene": scene})
+    resp = api.post("/renders", json={"quality": "hd", "scene": scene}, headers=user.headers)
     assert resp.status_code == 202, resp.text
     mjid = resp.json()["mjid"]
     assert balance(api, user) == 0
     run_worker(stack)
-    job = api.get(f"/renders/{mjid}").json()
+    job = api.get(f"/renders/{mjid}", headers=user.headers).json()
     assert job["state"] == "failed"
     assert "camera target equals camera position" in job["error"]
-    assert "exit 1" in job["error"]
+    assert "still running" in job["error"] and "blender_server.py -- --requests" in job["error"]  # the warm Blender
     assert balance(api, user) == 10
     assert ledger(stack, mjid) == [("charge", -10), ("refund", 10)]
-    assert api.get(f"/renders/{mjid}/image").status_code == 409
+    assert api.get(f"/renders/{mjid}/image", headers=user.headers).status_code == 409
 
 
 def test_seed_credits_changes_the_balance_the_api_reports(stack: Settings, api: httpx.Client) -> None:
@@ -175,11 +187,11 @@ def test_seed_credits_changes_the_balance_the_api_reports(stack: Settings, api: 
     seed(stack, user, 5)
     assert balance(api, user) == 12
     for bad in ("-5", "2.5", "ten", "0"):
-        proc = invoke(stack, "seed-credits", "--user", user, "--amount", bad)
+        proc = invoke(stack, "seed-credits", "--user", user.email, "--amount", bad)
         assert proc.returncode == 1, proc.stdout
         assert "credits must be" in proc.stderr and bad.lstrip("-") in proc.stderr
     remote = "postgresql+psycopg://u:p@db.example.com:5432/prod"
-    proc = invoke(stack, "seed-credits", "--user", user, "--amount", "5", "--database-url", remote)
+    proc = invoke(stack, "seed-credits", "--user", user.email, "--amount", "5", "--database-url", remote)
     assert proc.returncode == 1 and "not the local dev stack" in proc.stderr and "--force" in proc.stderr
     assert balance(api, user) == 12
 
@@ -196,7 +208,7 @@ def test_invoke_render_hd_smoke_test_writes_a_1920x1080_png(stack: Settings, api
             "--quality",
             "hd",
             "--user",
-            user,
+            user.email,
             "--out",
             str(out),
             "--timeout",

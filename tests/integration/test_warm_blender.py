@@ -1,7 +1,10 @@
-"""The warm Blender gives the same pixels as a fresh Blender per job, and recovers when it is killed."""
+"""The warm Blender gives the same pixels as a fresh Blender per job, and recovers when it is killed.
+
+Blender is the `host_blender` fixture's link (the api image's version, installed by `invoke blender`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -19,27 +22,29 @@ from renderfarm.warm import WarmBlender
 from tests.pixels import assert_same_pixels
 
 pytestmark = pytest.mark.integration
-BLENDER = "/usr/bin/blender"
 PREVIEW = replace(DEFAULT_PROFILES[Quality.PREVIEW], samples=4)
 
 
 @pytest.fixture(scope="module")
+def blender(host_blender: Path) -> str:
+    return str(host_blender)
+
+
+@pytest.fixture(scope="module")
 def scene() -> Scene:
-    if not Path(BLENDER).exists():
-        pytest.fail(f"the warm Blender tests need Blender at {BLENDER}: run `invoke setup`")
     return load_example_scene()
 
 
 @pytest.fixture
-def warm() -> Iterator[WarmBlender]:
-    w = WarmBlender(BLENDER, max_jobs=50)
+def warm(blender: str) -> Iterator[WarmBlender]:
+    w = WarmBlender(blender, max_jobs=50)
     w.ensure()
     yield w
     w.stop()
 
 
-def test_warm_and_cold_give_the_same_pixels(scene: Scene, warm: WarmBlender, tmp_path: Path) -> None:
-    cold = render_scene(scene, PREVIEW, tmp_path / "cold.png", blender=BLENDER, seed=3).path
+def test_warm_and_cold_give_the_same_pixels(blender: str, scene: Scene, warm: WarmBlender, tmp_path: Path) -> None:
+    cold = render_scene(scene, PREVIEW, tmp_path / "cold.png", blender=blender, seed=3).path
     other = scene.model_copy(update={"objects": scene.objects[:3]})
     warm.render(other, PREVIEW, tmp_path / "before.png", seed=9)  # leaves state behind, if any could stay
     first = warm.render(scene, PREVIEW, tmp_path / "warm1.png", seed=3).path
@@ -97,8 +102,8 @@ def test_timeout_stops_the_process_and_the_next_job_gets_a_fresh_one(
     assert warm.pid != pid
 
 
-def test_a_warm_blender_is_replaced_after_max_jobs(scene: Scene, tmp_path: Path) -> None:
-    w = WarmBlender(BLENDER, max_jobs=2)
+def test_a_warm_blender_is_replaced_after_max_jobs(blender: str, scene: Scene, tmp_path: Path) -> None:
+    w = WarmBlender(blender, max_jobs=2)
     try:
         pids = []
         for i in range(3):
@@ -109,3 +114,55 @@ def test_a_warm_blender_is_replaced_after_max_jobs(scene: Scene, tmp_path: Path)
         assert pids[0] == pids[1] != pids[2]
     finally:
         w.stop()
+
+
+def test_a_scene_error_names_the_warm_blenders_real_command_and_leaves_no_partial_png(
+    scene: Scene, warm: WarmBlender, tmp_path: Path
+) -> None:
+    """The error is the one the warm process sent back, with the command line that process really runs; it
+    lives on, so there is no exit code to report (None), and the message says it is still running."""
+    bad = scene.model_copy(update={"camera": scene.camera.model_copy(update={"target": scene.camera.position})})
+    with pytest.raises(BlenderRenderError) as err:
+        warm.render(bad, PREVIEW, tmp_path / "bad.png")
+    exc = err.value
+    assert exc.argv == warm.argv and exc.argv[0] == warm.blender
+    assert any(a.endswith("blender_server.py") for a in exc.argv) and "--requests" in exc.argv
+    assert exc.returncode is None and warm.alive()
+    assert exc.reason.startswith("camera target equals camera position")
+    message = str(exc)
+    assert f"warm Blender pid {warm.pid}, still running" in message and "exit 1" not in message
+    assert f"command: {' '.join(warm.argv)}" in message
+    assert list(tmp_path.iterdir()) == []  # no image, no partial PNG
+
+
+def test_a_warm_blender_killed_under_a_work_horse_reports_its_real_exit_status(
+    scene: Scene, warm: WarmBlender, tmp_path: Path
+) -> None:
+    """As in a worker: the job runs in a forked child (rq's work horse), which cannot wait for its parent's
+    Blender. Killed mid-job, the error still names the process's command and exit status (-9)."""
+    slow = replace(PREVIEW, samples=2048)
+    report_r, report_w = os.pipe()
+    horse = os.fork()
+    if horse == 0:  # the work horse
+        os.close(report_r)
+        try:
+            warm.render(scene, slow, tmp_path / "killed.png")
+            outcome = {"raised": None}
+        except BlenderRenderError as exc:
+            outcome = {"raised": type(exc).__name__, "argv": exc.argv, "returncode": exc.returncode, "text": str(exc)}
+        os.write(report_w, json.dumps(outcome).encode())
+        os._exit(0)
+    os.close(report_w)
+    pid = warm.pid
+    assert pid is not None
+    time.sleep(1.5)
+    os.kill(pid, signal.SIGKILL)
+    with os.fdopen(report_r, "rb") as report:
+        outcome = json.loads(report.read() or b"{}")
+    assert os.waitpid(horse, 0)[1] == 0
+    assert outcome["raised"] == "BlenderVanished", outcome
+    assert outcome["argv"] == warm.argv and "--responses" in outcome["argv"]
+    assert outcome["returncode"] == -signal.SIGKILL
+    assert "exit -9" in outcome["text"] and "killed by SIGKILL" in outcome["text"]
+    assert list(tmp_path.iterdir()) == []  # no image, no partial PNG
+    assert not warm.alive() and warm.exit_status() == -signal.SIGKILL

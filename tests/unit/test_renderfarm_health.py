@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from bench.proc import free_port
+from provisioner.ports import free_port
 from renderfarm.core import create_app
 from renderfarm.errors import RenderConfigError
 from renderfarm.settings import ServiceSettings
