@@ -67,6 +67,7 @@ BLENDER_HELP = {
     "insecure": "install even when the sha256 cannot be checked (loudly)",
     "dry_run": "print the plan and change nothing",
 }
+LIVE_HELP = "run the api on the working tree's renderfarm/ with reload (no image rebuild); without it: the image"
 
 
 def _blender_settings(
@@ -76,8 +77,10 @@ def _blender_settings(
     source: str | None,
     install_root: str | None,
     link: str | None,
+    **more: Any,
 ) -> Any:
     return _settings(
+        **more,
         api_container=api_container,
         blender_versions_file=versions_file,
         blender_mirror=mirror,
@@ -87,7 +90,7 @@ def _blender_settings(
     )
 
 
-@task(help=BLENDER_HELP)
+@task(help={**BLENDER_HELP, "live": LIVE_HELP})
 @edge
 def setup(
     c: Context,
@@ -101,11 +104,12 @@ def setup(
     force: bool = False,
     insecure: bool = False,
     dry_run: bool = False,
+    live: bool = False,
 ) -> None:
     """Bring up images, services, the host Blender and the shell aliases (plan first, then apply)."""
     from provisioner.setup import setup as run_setup
 
-    settings = _blender_settings(api_container, versions_file, mirror, source, install_root, link)
+    settings = _blender_settings(api_container, versions_file, mirror, source, install_root, link, live=live or None)
     run_setup(_client(), settings, _console(), dry_run=dry_run, force=force, version=version, insecure=insecure)
 
 
@@ -121,15 +125,15 @@ def images(c: Context, dry_run: bool = False) -> None:
     report(console, run_steps(console, steps, dry_run=dry_run, heading="Plan: images"), dry_run=dry_run)
 
 
-@task(help={"dry_run": BLENDER_HELP["dry_run"]})
+@task(help={"live": LIVE_HELP, "dry_run": BLENDER_HELP["dry_run"]})
 @edge
-def services(c: Context, dry_run: bool = False) -> None:
-    """Start redis, db and api with compose and wait until each is healthy."""
+def services(c: Context, live: bool = False, dry_run: bool = False) -> None:
+    """Guard the loopback ports (engines before 28), start redis, db and api with compose, wait until healthy."""
     from provisioner.plan import report, run_steps
-    from provisioner.services import plan_services
+    from provisioner.setup import services_steps
 
     console = _console()
-    steps = plan_services(_client(), _settings())
+    steps = services_steps(_client(), _settings(live=live or None), dry_run=dry_run)
     report(console, run_steps(console, steps, dry_run=dry_run, heading="Plan: services"), dry_run=dry_run)
 
 
@@ -176,7 +180,7 @@ def aliases(c: Context, force: bool = False, dry_run: bool = False) -> None:
         "volumes": "also delete the stack's named volumes (Redis and Postgres data)",
         "unlink": "also remove the Blender link, if renderdev made it",
         "remove_aliases": "also remove the aliases file and the source block from the rc files",
-        "all": "all of the above",
+        "all": "all of the above, and this project's loopback guard (iptables rules)",
     }
 )
 @edge
@@ -193,6 +197,7 @@ def down(
         volumes=volumes or all,
         unlink=unlink or all,
         aliases=remove_aliases or all,
+        loopback_guard=all,
     )
 
 
@@ -202,8 +207,8 @@ def status(c: Context, json: bool = False) -> None:
     """Show each check (engine, images, services, Blender, aliases), its state and the fix; exit 1 if wrong."""
     from provisioner.status import collect_checks, show_status
 
-    console = _console()
-    if not show_status(collect_checks(_settings(), console), console, as_json=json):
+    console, settings = _console(), _settings()
+    if not show_status(collect_checks(settings, console), console, as_json=json, settings=settings):
         raise Exit(code=1)
 
 
@@ -223,27 +228,45 @@ def worker(c: Context, queues: str = "pq,sq", burst: bool = False) -> None:
 
 @task(
     help={
-        "user": "the user's email (created if new)",
-        "amount": "credits to add (a positive whole number)",
-        "database_url": "another database than the stack's (refused unless local, or with --force)",
-        "force": "allow a database that is not the local dev stack",
+        "user": "the user's email (created if new, with an API token printed once and saved in the state folder)",
+        "amount": "credits to add, a positive whole number (default 100; none with only --rotate-token)",
+        "database_url": "another database than the stack's (refused unless every address is local, or --force)",
+        "force": "allow a database that is not the local dev stack (its schema is not migrated: see --migrate)",
+        "rotate_token": "replace the user's API token (the old one stops working at once); prints the new one",
+        "migrate": "upgrade the schema of a database reached with --force (the stack's is always upgraded)",
     }
 )
 @edge
 def seed_credits(
-    c: Context, user: str = "dev@example.com", amount: str = "100", database_url: str | None = None, force: bool = False
+    c: Context,
+    user: str = "dev@example.com",
+    amount: str | None = None,
+    database_url: str | None = None,
+    force: bool = False,
+    rotate_token: bool = False,
+    migrate: bool = False,
 ) -> None:
-    """Give a dev user credits so HD renders can be requested; prints the new balance."""
+    """Give a dev user credits (and, the first time, an API token) so renders can be requested."""
     from provisioner.credits import seed_credits as seed
 
-    seed(_settings(database_url=database_url), _console(), user=user, amount=amount, force=force)
+    if amount is None and not rotate_token:
+        amount = "100"
+    seed(
+        _settings(database_url=database_url),
+        _console(),
+        user=user,
+        amount=amount,
+        force=force,
+        rotate_token=rotate_token,
+        migrate=migrate,
+    )
 
 
 @task(
     help={
         "quality": "preview (free, 640x360) or hd (1920x1080, costs credits)",
         "scene": "scene JSON file (default: the furnished-room example)",
-        "user": "the user's email",
+        "user": "the user's email (their API token is read from the state folder: invoke seed-credits makes it)",
         "out": "where to write the PNG (default ./render-<mjid>.png)",
         "timeout": "seconds to wait for a worker to finish it",
     }
@@ -280,18 +303,86 @@ def render(
         "pairs": "interleaved A/B pairs per measurement, after one warm-up pair (default 5)",
         "only": "run only these: setup, preview, install, queue, memory, cold (repeatable, or a comma list)",
         "out": "where to write the JSON results (default bench/results.json)",
+        "check": "exit 1 when a goal is missed (a full run only; the quick run only reports)",
     },
 )
 @edge
 def bench(
-    c: Context, quick: bool = False, pairs: int = 5, only: list[str] | None = None, out: str = "bench/results.json"
+    c: Context,
+    quick: bool = False,
+    pairs: int = 5,
+    only: list[str] | None = None,
+    out: str = "bench/results.json",
+    check: bool = False,
 ) -> None:
     """Benchmark against a throw-away stack: each pair interleaved, medians, ratios, goals (see bench/)."""
     from pathlib import Path
 
     from bench.run import run_bench
 
-    run_bench(quick=quick, pairs=pairs, only=only or [], out=Path(out))
+    run_bench(quick=quick, pairs=pairs, only=only or [], out=Path(out), check=check)
+
+
+@task(
+    help={
+        "name": "the snapshot's name (default: the current time, e.g. 20261201-104800)",
+        "list": "list this project's snapshots instead",
+        "dry_run": BLENDER_HELP["dry_run"],
+    }
+)
+@edge
+def snapshot(c: Context, name: str | None = None, list: bool = False, dry_run: bool = False) -> None:
+    """Save the stack's database (pg_dump) and Redis (an RDB) under the project's state folder."""
+    from provisioner.snapshot import take_snapshot
+
+    take_snapshot(_client(), _settings(), _console(), name=name, list_only=list, dry_run=dry_run)
+
+
+@task(help={"name": "the snapshot to put back (invoke snapshot --list)", "dry_run": BLENDER_HELP["dry_run"]})
+@edge
+def restore(c: Context, name: str, dry_run: bool = False) -> None:
+    """Put the database and Redis back as they were at a snapshot (refused while render workers are connected)."""
+    from provisioner.snapshot import restore_snapshot
+
+    restore_snapshot(_client(), _settings(), _console(), name=name, dry_run=dry_run)
+
+
+@task(help={"command": "run this command (sh -c) instead of an interactive shell; its exit code is the task's"})
+@edge
+def shell(c: Context, service: str, command: str | None = None) -> None:
+    """A shell (or one command) in redis, db or api, as the service's own user."""
+    from provisioner.stacks import shell as enter
+
+    enter(_client(), _settings(), service, command)
+
+
+@task
+@edge
+def ls(c: Context) -> None:
+    """Every renderdev stack on this host: its project, state, ports and URLs."""
+    from provisioner.stacks import show_stacks
+
+    show_stacks(_client(), _console())
+
+
+@task(
+    iterable=["service"],
+    help={
+        "service": "redis, db or api (repeatable, or a comma list); default: all three and the host workers",
+        "follow": "keep printing new lines until Ctrl+C",
+        "since": "only lines since then: 30s, 10m, 2h, 1d or an ISO time",
+        "workers": "also the host workers' logs (always, when no service is named)",
+    },
+)
+@edge
+def logs(
+    c: Context, service: list[str] | None = None, follow: bool = False, since: str | None = None, workers: bool = False
+) -> None:
+    """The stack's container logs and the host workers' logs, by time, each line prefixed, secrets masked."""
+    from provisioner.logs import show_logs
+
+    names = [s.strip() for item in service or [] for s in item.split(",") if s.strip()]
+    show_logs(_client(), _settings(), _console(), services=names, follow=follow, since=since, workers=workers)
 
 
 if __name__ == "__main__":  # pragma: no cover

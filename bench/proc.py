@@ -12,32 +12,13 @@ from provisioner import proc
 from provisioner.config import REPO_ROOT
 from provisioner.errors import CommandError
 from provisioner.ports import free_port as free_port  # the one free_port; importers move to provisioner.ports
+from provisioner.proc import descendants as descendants  # the one process-tree walk
 
 TAIL_LINES = 25
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> str:
     return proc.tail(text, lines)
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it, from /proc (a Blender in its own session is still a child)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
 
 
 def run(

@@ -51,8 +51,18 @@ class Plan:
         return cls(False, pairs, 1, 500, 1, 100, chosen)
 
 
-def run_bench(*, quick: bool, pairs: int, only: Iterable[str], out: Path, log: Log = print) -> dict[str, Any]:
-    """Run the plan against a fresh bench stack; write the JSON to out; return it."""
+def missed_goals(report: dict[str, Any]) -> list[str]:
+    mem = report.get("memory")
+    return [p["name"] for p in report["pairs"] if not p["met"]] + (["memory"] if mem and not mem["met"] else [])
+
+
+def run_bench(
+    *, quick: bool, pairs: int, only: Iterable[str], out: Path, check: bool = False, log: Log = print
+) -> dict[str, Any]:
+    """Run the plan against a fresh bench stack; write the JSON to out; return it. With check (a full run only),
+    a missed goal is an error (exit 1 from the task), after the table and the JSON are written."""
+    if check and quick:
+        raise BenchError("--check judges the goals, which a quick run cannot: drop --quick (or --check)")
     from provisioner.dockerapi import docker_client
 
     plan = Plan.make(quick=quick, pairs=pairs, only=only)
@@ -85,6 +95,9 @@ def run_bench(*, quick: bool, pairs: int, only: Iterable[str], out: Path, log: L
     for line in table(report):
         log(line)
     log(f"bench: results written to {out}")
+    missed = missed_goals(report)
+    if check and missed:
+        raise BenchError(f"goals missed: {', '.join(missed)} (figures in {out})", hint="see bench/RESULTS.md")
     return report
 
 
@@ -142,6 +155,6 @@ def table(report: dict[str, Any]) -> list[str]:
         )
     if report["quick"]:
         lines.append("quick run: one pair each; it proves the bench runs, its figures are not the results")
-    missed = [p["name"] for p in report["pairs"] if not p["met"]] + (["memory"] if mem and not mem["met"] else [])
+    missed = missed_goals(report)
     lines.append(f"goals missed: {', '.join(missed)}" if missed else "every goal met")
     return lines

@@ -100,6 +100,8 @@ def compose_env(settings: Settings) -> dict[str, str]:
         RENDERDEV_REAP_INTERVAL=str(settings.reap_interval),
         RENDERDEV_MAX_LOST=str(settings.max_lost),
     )
+    if settings.live:
+        env["RENDERDEV_LIVE_SOURCE"] = str(settings.live_source)
     env[CONFIG_HASH_VAR] = config_hash(settings, env)
     return env
 
@@ -109,20 +111,22 @@ CONFIG_HASH_LABEL = "org.renderdev.config-hash"
 
 
 def config_hash(settings: Settings, env: dict[str, str]) -> str:
-    """A digest of compose.yaml and the variables it reads. Every container carries it as a label, so a
+    """A digest of the compose files and the variables they read. Every container carries it as a label, so a
     changed file or setting shows as a stack to recreate, without asking compose."""
     h = hashlib.sha256()
-    try:
-        h.update(settings.compose_file.read_bytes())
-    except OSError:
-        pass
+    for path in settings.compose_files:
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            pass
     for key in sorted(env):
         h.update(f"\0{key}={env[key]}".encode())
     return h.hexdigest()[:16]
 
 
 def compose_argv(driver: ComposeDriver, settings: Settings, *args: str) -> list[str]:
-    return [*driver.argv, "-p", settings.project, "-f", str(settings.compose_file), *args]
+    files = [arg for path in settings.compose_files for arg in ("-f", str(path))]
+    return [*driver.argv, "-p", settings.project, *files, *args]
 
 
 def run_compose(

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -25,6 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "RENDERDEV_"
 BlenderSource = Literal["auto", "installed", "mirror", "official", "apt"]
 SERVICES = ("redis", "db", "api")
+PORT_FIELDS = frozenset({"redis_port", "db_port", "api_port"})
 
 
 def _project_file() -> Path:
@@ -51,6 +52,8 @@ class Settings(BaseSettings):
     max_lost: int = Field(2, ge=0, le=100, description="times a job may lose its worker before it fails")
     warm_blender: bool = True  # keep one Blender loaded per worker; False: one Blender process per job
     warm_max_jobs: int = Field(50, ge=1, le=100_000, description="jobs a warm Blender serves before a fresh one")
+    live: bool = False  # the api runs the working tree's renderfarm/ (live_source) with reload: invoke setup --live
+    live_source: Path = REPO_ROOT / "renderfarm"
     preemption_url: str | None = None  # cloud metadata endpoint a worker watches for a preemption notice
     preemption_poll: float = Field(5.0, gt=0, le=3600)
     database_url: str | None = None  # seed-credits: another database than the stack's (needs --force)
@@ -79,6 +82,7 @@ class Settings(BaseSettings):
     rc_files: list[Path] = [Path("~/.bashrc"), Path("~/.zshrc")]
 
     @field_validator(
+        "live_source",
         "compose_dir",
         "state_dir",
         "blender_versions_file",
@@ -110,6 +114,8 @@ class Settings(BaseSettings):
             TomlConfigSettingsSource(settings_cls, toml_file=_project_file()),
         )
 
+    _explicit: frozenset[str] | None = PrivateAttr(default=None)
+
     # derived paths: one place each
     @property
     def project_state_dir(self) -> Path:
@@ -128,8 +134,24 @@ class Settings(BaseSettings):
     def compose_file(self) -> Path:
         return self.compose_dir / "compose.yaml"
 
+    @property
+    def compose_files(self) -> list[Path]:
+        """compose.yaml, and in live mode the override that runs the api on the working tree's code."""
+        return [self.compose_file, *([self.compose_dir / "live.yaml"] if self.live else [])]
+
     def image(self, name: str) -> str:
         return f"{self.image_prefix}/{name}:{self.image_tag}"
+
+    @property
+    def ports_file(self) -> Path:
+        """Host ports renderdev chose for this project because the defaults were taken (JSON)."""
+        return self.project_state_dir / "ports.json"
+
+    @property
+    def explicit_ports(self) -> set[str]:
+        """The port settings given by an option, a RENDERDEV_* variable or the project file: never changed for
+        the user (a taken one is refused). The others are renderdev's to choose."""
+        return set(self._explicit if self._explicit is not None else PORT_FIELDS & self.model_fields_set)
 
     def as_environment(self) -> dict[str, str]:
         """Every setting as the RENDERDEV_* variable that gives it back: what a subprocess (`invoke worker`, a
@@ -145,7 +167,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the settings now. Options given as None are left to the file/environment/defaults."""
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**given)
+        return _with_remembered_ports(Settings(**given))
     except ValidationError as exc:
         problems = []
         origins: list[str] = []
@@ -160,6 +182,23 @@ def load_settings(**overrides: Any) -> Settings:
         ) from exc
     except (OSError, ValueError) as exc:  # e.g. a project file that is not TOML
         raise ConfigError(f"cannot read renderdev settings from {_project_file()}: {exc}") from exc
+
+
+def _with_remembered_ports(settings: Settings) -> Settings:
+    """Ports not given explicitly come from the project's ports file, when renderdev chose them earlier."""
+    explicit = frozenset(PORT_FIELDS & settings.model_fields_set)
+    try:
+        remembered = json.loads(settings.ports_file.read_text())
+    except (OSError, ValueError):
+        remembered = {}
+    chosen = {
+        k: v
+        for k, v in (remembered.items() if isinstance(remembered, dict) else [])
+        if k in PORT_FIELDS and k not in explicit and isinstance(v, int) and 1 <= v <= 65535
+    }
+    out = settings.model_copy(update=chosen) if chosen else settings
+    out._explicit = explicit
+    return out
 
 
 def _origin(key: str, given: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,3 +62,47 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, tail((proc.stderr or "") or (proc.stdout or "")), hint=hint)
     return proc
+
+
+# ---------------------------------------------------------------- process trees (workers, Blender, the bench)
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it, from /proc (a Blender in its own session is still a child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while pid runs (a zombie, which has ended but was not yet reaped, is not alive)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_tree(pid: int, sig: signal.Signals = signal.SIGKILL) -> list[int]:
+    """Send sig to pid and every process below it (found first, so a child re-parented meanwhile is not
+    missed); return the pids signalled."""
+    pids = descendants(pid)
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+    return pids

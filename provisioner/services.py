@@ -8,15 +8,18 @@ not become healthy in time is reported with its state and the tail of its log.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioner import compose
 from provisioner.config import SERVICES, Settings
 from provisioner.dockerapi import PROJECT_LABEL, project_containers, service_container
 from provisioner.errors import ConfigError, DockerError
+from provisioner.fsops import atomic_write_text
 from provisioner.images import find_image
 from provisioner.plan import Check, Step, StepState
 from provisioner.ports import free_port, port_taken
@@ -60,6 +63,12 @@ def db_url(settings: Settings) -> str:
 
 def api_url(settings: Settings) -> str:
     return f"http://{settings.bind_host}:{settings.api_port}"
+
+
+def stack_urls(settings: Settings) -> dict[str, str]:
+    """The stack's addresses a person opens: the page (the API's root), the API's docs, its schema."""
+    base = api_url(settings)
+    return {"page": f"{base}/", "api": f"{base}/", "docs": f"{base}/docs", "openapi": f"{base}/openapi.json"}
 
 
 # ---------------------------------------------------------------- state
@@ -194,6 +203,48 @@ def _refuse_ports_in_use(client: docker.DockerClient, settings: Settings) -> Non
         )
 
 
+def plan_ports(client: docker.DockerClient, settings: Settings) -> tuple[Settings, Step]:
+    """A port renderdev may choose (not given by an option, a variable or the project file) that something else
+    holds gets a free one, remembered in the project's ports file, so a second stack beside the first needs no
+    setting. Returns the settings to go on with and the step that remembers the choice. Explicit ports are never
+    changed: a taken one is refused later, naming its holder."""
+    changes: dict[str, int] = {}
+    notes: list[str] = []
+    avoid = {int(getattr(settings, key)) for key in PORT_SETTINGS.values()}
+    for svc, key in PORT_SETTINGS.items():
+        port = int(getattr(settings, key))
+        if key in settings.explicit_ports or port in _published_ports(service_container(client, settings.project, svc)):
+            continue
+        if not port_taken(port, settings.bind_host):
+            continue
+        new = free_port(settings.bind_host)
+        while new in avoid:
+            new = free_port(settings.bind_host)
+        avoid.add(new)
+        changes[key] = new
+        notes.append(f"{key} {port} is in use by {_holder(client, port)}: {new} instead")
+    title = f"host ports of project {settings.project}"
+    ports = ", ".join(f"{svc} {getattr(settings, key)}" for svc, key in PORT_SETTINGS.items())
+    if not changes:
+        return settings, Step("services", title, StepState.OK, ports)
+    chosen = settings.model_copy(update=changes)
+    remembered = {
+        key: int(getattr(chosen, key)) for key in PORT_SETTINGS.values() if key not in settings.explicit_ports
+    }
+
+    def remember() -> str:
+        atomic_write_text(settings.ports_file, json.dumps(remembered, indent=2) + "\n", mode=0o600)
+        return f"{'; '.join(notes)} (remembered in {settings.ports_file})"
+
+    detail = f"{'; '.join(notes)}; remember them in {settings.ports_file}"
+    return chosen, Step("services", title, StepState.CHANGE, detail, remember)
+
+
+def _holder(client: docker.DockerClient, port: int) -> str:
+    holders = [str(c.name) for c in client.containers.list() if port in _published_ports(c)]
+    return f"container {', '.join(holders)}" if holders else "another program"
+
+
 def _published_ports(c: Container | None) -> set[int]:
     """Host ports a container holds now (empty for a stopped one)."""
     if c is None:
@@ -314,9 +365,30 @@ def down(client: docker.DockerClient, settings: Settings, volumes: bool) -> str:
     return done + (f" and {len(vols)} volume(s)" if volumes else " (volumes kept)")
 
 
+MODE_LABEL = "org.renderdev.api-mode"
+LIVE_TARGET = "/opt/renderfarm/lib/python3.11/site-packages/renderfarm"  # where compose/live.yaml mounts it
+
+
+def running_mode(client: docker.DockerClient, settings: Settings) -> Settings:
+    """The settings as the running api was started: live (and from which folder) or the built image. Status
+    compares the stack with these, so a live api is not reported as out of date."""
+    api = service_container(client, settings.project, "api")
+    if api is None or api.labels.get(MODE_LABEL) != "live":
+        return settings.model_copy(update={"live": False})
+    source = next((m["Source"] for m in api.attrs.get("Mounts", []) if m.get("Destination") == LIVE_TARGET), None)
+    return settings.model_copy(update={"live": True, **({"live_source": Path(source)} if source else {})})
+
+
 def check_services(client: docker.DockerClient, settings: Settings) -> list[Check]:
-    """One status line per service: running, healthy and on the current image?"""
-    return [
+    """One status line per service (running, healthy, current?), and the mode the api runs in."""
+    running = running_mode(client, settings)
+    checks = [
         Check(f"service {s.service} ({settings.project})", s.ok, s.describe(), FIX)
-        for s in service_states(client, settings)
+        for s in service_states(client, running)
     ]
+    mode = (
+        f"live: {running.live_source} (reloads on change; back to the image: invoke setup)"
+        if running.live
+        else f"image {settings.image('api')} (live code: invoke setup --live)"
+    )
+    return [*checks, Check("api mode", True, mode)]

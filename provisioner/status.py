@@ -28,6 +28,7 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
         checks += check_aliases(settings)
         return checks
     from provisioner.blender.install import check_blender
+    from provisioner.firewall import check_guard
     from provisioner.images import plan_images
     from provisioner.services import check_services
 
@@ -36,7 +37,7 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
     for step in plan_images(client, settings, console):
         checks.append(Check(step.title, not step.needed, step.detail or step.state.value, "invoke images"))
     checks += check_secrets(settings)
-    for group in (check_services, check_blender):
+    for group in (check_services, check_guard, check_blender):
         try:
             checks += group(client, settings)
         except RenderdevError as exc:
@@ -45,11 +46,16 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
     return checks
 
 
-def show_status(checks: list[Check], console: Console, *, as_json: bool) -> bool:
-    """Print the checks; return True when all are right."""
+def show_status(checks: list[Check], console: Console, *, as_json: bool, settings: Settings | None = None) -> bool:
+    """Print the checks (and, given the settings, where the stack answers); return True when all are right."""
     ok = all(c.ok for c in checks)
     if as_json:
-        sys.stdout.write(json.dumps({"ok": ok, "checks": [asdict(c) for c in checks]}, indent=2) + "\n")
+        found: dict[str, object] = {"ok": ok, "checks": [asdict(c) for c in checks]}
+        if settings is not None:
+            from provisioner.services import stack_urls
+
+            found["urls"] = stack_urls(settings)
+        sys.stdout.write(json.dumps(found, indent=2) + "\n")
         return ok
     table = Table(show_header=True, header_style="bold")
     for col in ("check", "state", "", "fix"):
@@ -57,5 +63,9 @@ def show_status(checks: list[Check], console: Console, *, as_json: bool) -> bool
     for c in checks:
         table.add_row(c.name, c.state, "[green]ok[/green]" if c.ok else "[red]WRONG[/red]", "" if c.ok else c.fix)
     console.print(table)
+    if settings is not None:
+        from provisioner.setup import urls_line
+
+        console.print(urls_line(settings), highlight=False)
     console.print("[green]All good.[/green]" if ok else "[red]Something is wrong: run the fix shown.[/red]")
     return ok

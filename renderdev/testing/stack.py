@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 from testcontainers.compose import DockerCompose
 
 from provisioner.config import Settings, load_settings
+from provisioner.dockerapi import remove_by_label
 from provisioner.errors import RenderdevError
 from provisioner.ports import free_port
+from provisioner.proc import alive
 
 if TYPE_CHECKING:
     import docker
@@ -118,7 +120,10 @@ def start_stack(client: docker.DockerClient, settings: Settings) -> RenderStack:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENDERDEV_")}
     env.update(compose_env(settings), COMPOSE_PROJECT_NAME=settings.project, **{OWNER_VAR: owner()})
     compose = _Compose(
-        context=str(settings.compose_dir), compose_file_name=settings.compose_file.name, wait=True, env=env
+        context=str(settings.compose_dir),
+        compose_file_name=[p.name for p in settings.compose_files],
+        wait=True,
+        env=env,
     )
     try:
         compose.start()
@@ -161,31 +166,11 @@ def remove_stale(client: docker.DockerClient) -> list[str]:
     for c in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
         who = c.labels.get(OWNER_LABEL, "")
         name, _, pid = who.rpartition(":")
-        if name == host and pid.isdigit() and not _alive(int(pid)):
+        if name == host and pid.isdigit() and not alive(int(pid)):
             dead.add(c.labels.get("com.docker.compose.project", ""))
     for project in sorted(p for p in dead if p):
-        remove_project(client, project)
+        remove_by_label(client, project)
     return sorted(dead)
-
-
-def remove_project(client: docker.DockerClient, project: str) -> None:
-    label = {"label": f"com.docker.compose.project={project}"}
-    for c in client.containers.list(all=True, filters=label):
-        c.remove(force=True, v=True)
-    for n in client.networks.list(filters=label):
-        n.remove()
-    for v in client.volumes.list(filters=label):
-        v.remove(force=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def session_dir() -> Path:

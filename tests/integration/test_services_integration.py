@@ -104,7 +104,8 @@ def test_stack_comes_up_healthy_private_and_goes_away(
     # A ready stack: the second plan changes nothing, every check is right.
     assert not any(s.needed for s in plan_services(docker_client, settings))
     checks = check_services(docker_client, settings)
-    assert [c.ok for c in checks] == [True, True, True], checks
+    assert [c.ok for c in checks] == [True, True, True, True], checks
+    assert checks[-1].name == "api mode" and checks[-1].state.startswith("image "), checks[-1]
 
     # Redis data survives a restart (AOF on the named volume).
     redis_container = service_container(docker_client, settings.project, "redis")

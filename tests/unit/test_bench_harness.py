@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,16 @@ def test_memory_growth_from_job_10_to_the_last() -> None:
     assert out["baseline_job"] == 10 and out["rss_baseline_mib"] == round(2010 / 1024, 1)
     assert out["growth_percent"] == round(100 * 90 / 2010, 2) and out["met"]
     assert out["warm_blender_processes"] == 1
+
+
+def test_check_names_each_missed_goal_and_refuses_a_quick_run(tmp_path: Path) -> None:
+    from bench.errors import BenchError
+    from bench.run import missed_goals, run_bench
+
+    report = {
+        "pairs": [{"name": "install", "met": False}, {"name": "setup", "met": True}],
+        "memory": {"met": False},
+    }
+    assert missed_goals(report) == ["install", "memory"]
+    with pytest.raises(BenchError, match="--check judges the goals"):
+        run_bench(quick=True, pairs=1, only=["setup"], out=tmp_path / "r.json", check=True)

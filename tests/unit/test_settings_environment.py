@@ -28,4 +28,4 @@ def test_environment_round_trips_every_setting(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("RENDERDEV_CONFIG", str(tmp_path / "absent.toml"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert load_settings() == given
+    assert load_settings().model_dump() == given.model_dump()
