@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from provisioner.errors import DockerError
@@ -47,11 +48,17 @@ def remove_by_label(client: docker.DockerClient, project: str) -> int:
     networks, named volumes. For clean-up after tests and benchmarks, and after a `compose down` that failed.
     Returns how many containers went."""
     label = {"label": f"{PROJECT_LABEL}={project}"}
-    containers = client.containers.list(all=True, filters=label)
+    from docker.errors import NotFound
+
+    # A compose down or another session's clean-up may remove the same objects meanwhile: gone is done.
+    containers = client.containers.list(all=True, filters=label, ignore_removed=True)
     for c in containers:
-        c.remove(force=True, v=True)
+        with contextlib.suppress(NotFound):
+            c.remove(force=True, v=True)
     for n in client.networks.list(filters=label):
-        n.remove()
+        with contextlib.suppress(NotFound):
+            n.remove()
     for v in client.volumes.list(filters=label):
-        v.remove(force=True)
+        with contextlib.suppress(NotFound):
+            v.remove(force=True)
     return len(containers)

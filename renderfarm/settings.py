@@ -17,7 +17,7 @@ worker from provisioner.worker (out of renderdev's RENDERDEV_* settings).
 | RENDERFARM_REAP_INTERVAL        | 5              | Reliability                                   |
 | RENDERFARM_MAX_LOST             | 2              | Reliability                                   |
 | RENDERFARM_HD_PRICE             | 10             | renderfarm.core (the API's price of HD)       |
-| RENDERFARM_RENDERS_DIR          | /srv/renders   | renderfarm.core (serves images); renderfarm.work (writes them: required) |
+| RENDERFARM_RENDERS_DIR          | /srv/renders   | renderfarm.core (serves); renderfarm.work (writes) |
 | RENDERFARM_BLENDER              | blender        | renderfarm.work (Blender for a job without a warm one) |
 | RENDERFARM_PREVIEW_SAMPLES      | 16             | renderfarm.render (the preview profile)       |
 | RENDERFARM_HD_SAMPLES           | 32             | renderfarm.render (the HD profile)            |

@@ -163,7 +163,7 @@ def remove_stale(client: docker.DockerClient) -> list[str]:
     the compose projects removed."""
     host = socket.gethostname()
     dead: set[str] = set()
-    for c in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+    for c in client.containers.list(all=True, filters={"label": OWNER_LABEL}, ignore_removed=True):
         who = c.labels.get(OWNER_LABEL, "")
         name, _, pid = who.rpartition(":")
         if name == host and pid.isdigit() and not alive(int(pid)):

@@ -37,11 +37,12 @@ from sqlalchemy.engine import Engine
 
 from provisioner.config import Settings
 from provisioner.credits import read_token
+from provisioner.dockerapi import remove_by_label
 from provisioner.ports import free_port
 from provisioner.services import api_url, db_url, redis_url
 from renderfarm.examples import example_scene_path
 from renderfarm.keys import mq_index_key
-from tests.faults.common import compose_stack, containers, invoke_env, new_host, remove_project, run_invoke, tree
+from tests.faults.common import compose_stack, containers, invoke_env, new_host, run_invoke, tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -318,7 +319,7 @@ def bench(
         busy.close()
         for c in docker_client.containers.list(all=True, filters={"label": f"{FAULT_LABEL}={run_id}"}):
             c.remove(force=True)
-        remove_project(docker_client, scratch)  # in case a refusal failed to stop compose
+        remove_by_label(docker_client, scratch)  # in case a refusal failed to stop compose
 
 
 # ---------------------------------------------------------------- the table

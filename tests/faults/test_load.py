@@ -16,8 +16,9 @@ import redis
 from docker import DockerClient
 
 from provisioner.config import Settings
+from provisioner.proc import kill_tree
 from provisioner.services import api_url, redis_url
-from tests.stackutil import REPO, attempts, env_for, isolated_stack, kill_tree, new_user, queue_ids
+from tests.stackutil import REPO, attempts, env_for, isolated_stack, new_user, queue_ids
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 N = 200

@@ -13,17 +13,16 @@ import redis
 from docker import DockerClient
 
 from provisioner.config import Settings
+from provisioner.proc import alive, kill_tree
 from renderfarm.settings import Reliability
 from tests.stackutil import (
     SLOW,
     User,
-    alive,
     attempts,
     blender_pids,
     example_scene,
     isolated_stack,
     job,
-    kill_tree,
     ledger,
     new_user,
     run_worker,

@@ -23,6 +23,7 @@ import redis
 from docker import DockerClient
 
 from provisioner.config import Settings
+from provisioner.proc import alive, kill_tree
 from provisioner.services import redis_url
 from renderfarm.jobs import ORPHAN_LIMIT
 from renderfarm.keys import claim_key, mq_key
@@ -32,13 +33,11 @@ from tests.fake_metadata import metadata_server
 from tests.stackutil import (
     SLOW,
     User,
-    alive,
     attempts,
     balance,
     blender_pids,
     example_scene,
     isolated_stack,
-    kill_tree,
     ledger,
     new_user,
     queue_ids,

@@ -16,6 +16,7 @@ from docker.models.containers import Container
 
 from provisioner.config import Settings
 from provisioner.dockerapi import service_container
+from provisioner.proc import kill_tree
 from provisioner.services import api_url, redis_url
 from renderfarm.keys import heartbeat_key, mq_index_key, mq_key, scene_key
 from tests.stackutil import (
@@ -24,7 +25,6 @@ from tests.stackutil import (
     balance,
     isolated_stack,
     job,
-    kill_tree,
     ledger,
     new_user,
     queue_ids,

@@ -25,12 +25,12 @@ from sqlalchemy import create_engine, text
 
 from provisioner.config import REPO_ROOT, Settings
 from provisioner.credits import read_token, token_file
-from provisioner.dockerapi import project_containers
+from provisioner.dockerapi import project_containers, remove_by_label
 from provisioner.secrets import mask, read_secrets, secrets_dir
 from provisioner.services import api_url, db_url, redis_url
 from renderfarm.examples import example_scene_path
 from renderfarm.keys import mq_index_key
-from tests.faults.common import invoke_env, new_host, remove_project, run_invoke
+from tests.faults.common import invoke_env, new_host, run_invoke
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 USER = "secrets@example.com"
@@ -63,7 +63,7 @@ def stack(
         yield Stack(settings, env, read_secrets(settings), done.stdout + done.stderr, seeded.stdout + seeded.stderr)
     finally:
         run_invoke(env, "down", "--all")
-        remove_project(docker_client, settings.project)
+        remove_by_label(docker_client, settings.project)
 
 
 def token_headers(settings: Settings) -> dict[str, str]:
