@@ -153,7 +153,7 @@ def blender(
     dry_run: bool = False,
 ) -> None:
     """Install the Blender version the api container declares, and link it (default /usr/bin/blender)."""
-    from provisioner.blender.install import plan_blender
+    from provisioner.blender.provision import plan_blender
     from provisioner.plan import report, run_steps
 
     console = _console()
@@ -216,14 +216,24 @@ def status(c: Context, json: bool = False) -> None:
     help={
         "queues": "comma-separated queues: pq (preemptible), sq (standard); default both, pq first",
         "burst": "exit when the queues are empty",
+        "reload": "start a new worker when a .py file of renderfarm/ changes (the job in hand finishes first)",
     }
 )
 @edge
-def worker(c: Context, queues: str = "pq,sq", burst: bool = False) -> None:
+def worker(c: Context, queues: str = "pq,sq", burst: bool = False, reload: bool = False) -> None:
     """Run a render worker (rq) on this host against the stack's Redis."""
-    from provisioner.worker import run_worker
+    from provisioner.errors import ConfigError
+    from provisioner.worker import reload_worker, run_worker
 
-    run_worker(_settings(), [q.strip() for q in queues.split(",") if q.strip()], burst=burst)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    if reload and burst:
+        raise ConfigError(
+            "--reload and --burst together: a burst worker ends when the queues are empty", hint="pick one"
+        )
+    if reload:
+        reload_worker(_settings(), names, _console())
+    else:
+        run_worker(_settings(), names, burst=burst)
 
 
 @task(

@@ -1,6 +1,6 @@
 """The rq job functions of the queue pair. Light to import: rq imports this module in every work horse.
 
-`trivial_jobmanager` is the JobManager side of a render job (`renderfarm.work.run_job`: started with its
+`trivial_jobmanager` is the JobManager side of a render job (`renderfarm.worker.job.run_job`: started with its
 attempt, heartbeat thread, the scene read and parsed, finished in mq and Postgres) with a renderer that
 renders nothing: it only creates the image file where the render would put it (encoding even a black
 640x360 PNG costs a fresh work horse about 1.5 ms, which is no part of the queue's overhead). `bare`
@@ -17,13 +17,13 @@ BARE = "bench.jobs.bare"
 
 
 def touch_image(scene: Any, profile: Any, out: Path) -> None:
-    """A Renderer (renderfarm.work.Renderer) that renders nothing: the image file is made, empty."""
+    """A Renderer (renderfarm.worker.job.Renderer) that renders nothing: the image file is made, empty."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.touch()
 
 
 def trivial_jobmanager(mjid: str) -> str:
-    from renderfarm.work import run_job
+    from renderfarm.worker.job import run_job
 
     return run_job(mjid, touch_image)
 

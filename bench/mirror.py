@@ -88,6 +88,22 @@ def _copy_libs(binary: Path, lib: Path) -> None:
             (lib / soname.name).symlink_to(real.name)
 
 
+def _resolve_absolute_links(top: Path) -> None:
+    """A release holds only relative links inside its own folder; the host's copies may point outside it
+    (Debian's python3.11/sitecustomize.py -> /etc/python3.11/...), which the installer rightly refuses as a
+    tar slip. Such a link becomes a copy of what it points at, or goes if that is missing."""
+    for path in list(top.rglob("*")):
+        if not path.is_symlink():
+            continue
+        target = Path(path.readlink())
+        if not target.is_absolute() and top in (path.parent / target).resolve().parents:
+            continue
+        real = path.resolve()
+        path.unlink()
+        if real.is_file():
+            shutil.copy2(real, path)
+
+
 def build_release(work: Path, out: Path, version: str, binary: Path = HOST_BLENDER) -> Shape:
     """A release-shaped tar.xz at out: `blender-X.Y.Z-linux-x64/` holding the binary, `X.Y/datafiles`,
     `X.Y/scripts` and `X.Y/python/lib/python3.11` from this host, and `lib/` with library links. Returns its shape."""
@@ -109,6 +125,7 @@ def build_release(work: Path, out: Path, version: str, binary: Path = HOST_BLEND
             symlinks=True,
             ignore=shutil.ignore_patterns("__pycache__", "dist-packages"),
         )
+    _resolve_absolute_links(top)
     _copy_libs(binary, top / "lib")
     shutil.copy2(binary, top / "blender")
     shape = shape_of(top)

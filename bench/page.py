@@ -1,5 +1,5 @@
 """Pair: the render page's first drawn frame of the furnished room vs a minimal three.js page drawing the same
-objects with no app code. Not wired into `invoke bench` (yet): run it against a running stack with
+objects with no app code. `invoke bench --only page` runs it against the bench stack; against a running stack:
 
     python3 -m bench.page --api-url http://127.0.0.1:8000 --email dev@example.com --token-file TOKENFILE
 
@@ -34,7 +34,7 @@ from bench.harness import Goal, GoalKind, PairResult, PairSpec, run_pair
 from bench.stack import BenchStack, Log
 from renderfarm.examples import example_scene_path
 
-NAME = "page_first_frame"
+NAME = "page"
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
 VIEWPORT = {"width": 1280, "height": 800}
@@ -131,7 +131,15 @@ def first_frame(browser: Any, url: str, *, session: dict[str, str] | None = None
 
 
 def measure_at(api_url: str, email: str, token: str, *, pairs: int, warmup: int, log: Log) -> PairResult:
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise BenchError(
+            "the page pair drives a browser with Playwright, which is not installed",
+            hint="python3 -m pip install -e '.[test]'",
+        ) from exc
+    if not Path(CHROMIUM).exists():
+        raise BenchError(f"the page pair needs Debian's chromium at {CHROMIUM}", hint="bash scripts/install-host.sh")
 
     scene = json.loads(example_scene_path().read_text())
     with sync_playwright() as p, minimal_site(scene) as minimal:

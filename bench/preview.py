@@ -29,8 +29,10 @@ from provisioner.config import Settings
 from provisioner.credits import read_token
 from provisioner.services import api_url
 from renderfarm.examples import example_scene_path
-from renderfarm.render import DEFAULT_PROFILES, Quality, RenderProfile, blender_command, blender_env, png_size
+from renderfarm.png import png_size
+from renderfarm.quality import DEFAULT_PROFILES, Quality, RenderProfile
 from renderfarm.scene import parse_scene
+from renderfarm.worker.blender_process import blender_command, blender_env
 
 NAME = "preview"
 SMALL = "preview_small"

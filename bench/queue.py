@@ -2,7 +2,7 @@
 
 A: `JobManager.post` x N in this process (the bench stack's Redis and Postgres, a seeded user, preview:
 the Postgres record, mq, pq), then `python -m invoke worker --burst --queues pq` with warm Blender off,
-whose work horses run `bench.jobs.trivial_jobmanager`: `renderfarm.work.run_job` (started with its
+whose work horses run `bench.jobs.trivial_jobmanager`: `renderfarm.worker.job.run_job` (started with its
 attempt, heartbeat thread, the scene read and parsed, the image file made, finished in mq and Postgres).
 B: `Queue.enqueue("bench.jobs.bare", i)` x N, then `python -m rq.cli worker --burst pq`.
 Both: seconds from the first post/enqueue until the burst worker has exited. Throughput = N / seconds;

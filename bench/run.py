@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from bench.harness import PairResult
 from bench.stack import BenchStack, bench_stack
 
-PAIRS = ("setup", "preview", "preview_small", "install", "queue")
+PAIRS = ("setup", "preview", "preview_small", "install", "queue", "kit", "live", "page")
 OTHERS = ("memory", "cold")
 NAMES = PAIRS + OTHERS
 Log = Callable[[str], None]
@@ -118,6 +118,18 @@ def _measure(name: str, stack: BenchStack, plan: Plan, log: Log) -> PairResult |
         from bench import queue
 
         return queue.measure(stack, pairs=plan.pairs, warmup=plan.queue_warmup, jobs=plan.queue_jobs, log=log)
+    if name == "kit":
+        from bench import kit
+
+        return kit.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log)
+    if name == "live":
+        from bench import live
+
+        return live.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log)
+    if name == "page":
+        from bench import page
+
+        return page.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log)
     if name == "memory":
         from bench import memory
 

@@ -1,6 +1,10 @@
-"""The shell aliases file and the one marked `source` block in the user's rc files.
+"""The shell aliases files and the one marked `source` block in the user's rc files.
 
-The file holds no password: the Redis one is read from the stack's secrets file when a function runs.
+Each compose project has its own aliases file (the default project `renderdev` uses `aliases_file`, another
+project P uses `aliases-P.sh` beside it), so a second stack set up side by side never rewrites the first one's
+functions. The rc block sources the file of the first project set up; `conf P` switches a shell to project P
+(`conf` alone re-reads the current one). A file holds no password: the Redis one is read from the stack's
+secrets file when a function runs.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from provisioner.config import REPO_ROOT, Settings
+from provisioner.config import DEFAULT_PROJECT, REPO_ROOT, Settings
 from provisioner.errors import HostWriteError
 from provisioner.fsops import atomic_write_text, replace_marked_block
 from provisioner.plan import Check, Step, StepState
@@ -27,6 +31,12 @@ FUNCTIONS = (
 )
 
 
+def aliases_path(settings: Settings, project: str | None = None) -> Path:
+    """The aliases file of a project (the settings' own by default)."""
+    base, name = settings.aliases_file, project or settings.project
+    return base if name == DEFAULT_PROJECT else base.with_name(f"{base.stem}-{name}{base.suffix}")
+
+
 def render_aliases(settings: Settings, repo: Path = REPO_ROOT) -> str:
     """The aliases file's text. Pure: the same settings give the same bytes (so re-runs change nothing)."""
     q = shlex.quote
@@ -41,13 +51,27 @@ def render_aliases(settings: Settings, repo: Path = REPO_ROOT) -> str:
         )
     )
     project_filter = f"--filter label=com.docker.compose.project={q(settings.project)}"
+    other_prefix = q(str(settings.aliases_file.with_suffix("")))
+    setup_hint = "RENDERDEV_PROJECT=$project invoke setup"
     return f"""{HEADER}
-# Compose project: {settings.project}. Activate in this shell with: conf
+# Compose project: {settings.project}. Activate in this shell with: conf {settings.project}
 RENDERDEV_REPO={q(str(repo))}
-RENDERDEV_ALIASES_FILE={q(str(settings.aliases_file))}
+RENDERDEV_ALIASES_PROJECT={q(settings.project)}
+RENDERDEV_ALIASES_FILE={q(str(aliases_path(settings)))}
 RENDERDEV_SECRETS_FILE={q(str(settings.secrets_file))}
 
-conf() {{ . "$RENDERDEV_ALIASES_FILE"; }}
+# conf [PROJECT]: switch this shell's functions to PROJECT's stack (default: re-read the current one).
+conf() {{
+  local project="${{1:-$RENDERDEV_ALIASES_PROJECT}}" file
+  case "$project" in
+    {DEFAULT_PROJECT}) file={q(str(settings.aliases_file))} ;;
+    *[!a-z0-9_-]*|"") echo "renderdev: $project is not a project name" >&2; return 1 ;;
+    *) file={other_prefix}-"$project"{q(settings.aliases_file.suffix)} ;;
+  esac
+  [ -f "$file" ] || {{ echo "renderdev: no aliases for project $project; run: {setup_hint}" >&2; return 1; }}
+  . "$file" && echo "renderdev: project $RENDERDEV_ALIASES_PROJECT (api http://{settings.bind_host}:$RENDERDEV_ALIASES_API_PORT)"
+}}
+RENDERDEV_ALIASES_API_PORT={settings.api_port}
 
 _renderdev_invoke() {{ (cd "$RENDERDEV_REPO" && {env} invoke "$@"); }}
 run_preemptible_render_worker() {{ _renderdev_invoke worker --queues pq "$@"; }}
@@ -74,8 +98,31 @@ renderdev_psql() {{
 
 
 def rc_block(settings: Settings) -> str:
-    f = shlex.quote(str(settings.aliases_file))
+    f = shlex.quote(str(aliases_path(settings)))
     return f"[ -f {f} ] && . {f}"
+
+
+def _block_of(text: str) -> str | None:
+    """The body of the marked block in an rc file's text, or None when there is none."""
+    lines = text.splitlines()
+    if BLOCK_BEGIN not in lines or BLOCK_END not in lines:
+        return None
+    return "\n".join(lines[lines.index(BLOCK_BEGIN) + 1 : lines.index(BLOCK_END)]).strip()
+
+
+def _sources_another_project(settings: Settings, text: str) -> bool:
+    """The rc file already sources the aliases of another project that is still set up: leave it (conf switches)."""
+    body = _block_of(text)
+    if body is None or body == rc_block(settings):
+        return False
+    others = sorted(settings.aliases_file.parent.glob(f"{settings.aliases_file.stem}*{settings.aliases_file.suffix}"))
+    return any(rc_block_path(body) == p and p != aliases_path(settings) and _owned_aliases_file(p) for p in others)
+
+
+def rc_block_path(body: str) -> Path | None:
+    """The aliases file a block body sources (`[ -f F ] && . F`)."""
+    parts = shlex.split(body) if body else []
+    return Path(parts[-1]) if len(parts) >= 2 and parts[-2] == "." else None
 
 
 def _rc_targets(settings: Settings) -> list[Path]:
@@ -101,7 +148,7 @@ def _writer(path: Path, text: str, mode: int, done: str) -> Callable[[], str]:
 
 def plan_aliases(settings: Settings, *, force: bool = False) -> list[Step]:
     steps: list[Step] = []
-    path = settings.aliases_file
+    path = aliases_path(settings)
     text = render_aliases(settings)
     current = path.read_text() if path.is_file() else None
     if current == text:
@@ -126,7 +173,11 @@ def plan_aliases(settings: Settings, *, force: bool = False) -> list[Step]:
     for rc in _rc_targets(settings):
         old = rc.read_text() if rc.exists() else ""
         new = replace_marked_block(old, BLOCK_BEGIN, BLOCK_END, block)
-        if new == old:
+        if _sources_another_project(settings, old):
+            steps.append(
+                Step("aliases", f"source block in {rc}", StepState.OK, f"another project's; `conf {settings.project}`")
+            )
+        elif new == old:
             steps.append(Step("aliases", f"source block in {rc}", StepState.OK, "present"))
         else:
             mode = rc.stat().st_mode & 0o777 if rc.exists() else 0o644
@@ -149,18 +200,22 @@ def remove_aliases(settings: Settings) -> list[str]:
         if not rc.is_file():
             continue
         old = rc.read_text()
+        body = _block_of(old)
+        if body is None or rc_block_path(body) != aliases_path(settings):
+            continue  # another project's block (or none): not this project's to remove
         new = replace_marked_block(old, BLOCK_BEGIN, BLOCK_END, None)
         if new != old:
             atomic_write_text(rc, new, mode=rc.stat().st_mode & 0o777)
             removed.append(f"source block in {rc}")
-    if _owned_aliases_file(settings.aliases_file):
-        settings.aliases_file.unlink()
-        removed.append(f"aliases file {settings.aliases_file}")
+    path = aliases_path(settings)
+    if _owned_aliases_file(path):
+        path.unlink()
+        removed.append(f"aliases file {path}")
     return removed
 
 
 def check_aliases(settings: Settings) -> list[Check]:
-    path = settings.aliases_file
+    path = aliases_path(settings)
     fix = "invoke aliases"
     checks = []
     if not path.is_file():

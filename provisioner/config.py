@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from provisioner.errors import ConfigError
+from renderfarm.settings import FarmSettings, Reliability
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "RENDERDEV_"
@@ -32,11 +33,14 @@ def _project_file() -> Path:
     return Path(os.environ.get("RENDERDEV_CONFIG", "renderdev.toml"))
 
 
+DEFAULT_PROJECT = "renderdev"  # the compose project when none is named (RENDERDEV_PROJECT)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # compose stack
-    project: str = Field("renderdev", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="compose project name")
+    project: str = Field(DEFAULT_PROJECT, pattern=r"^[a-z0-9][a-z0-9_-]*$", description="compose project name")
     compose_dir: Path = REPO_ROOT / "compose"
     state_dir: Path = Path("~/.local/state/renderdev")
     bind_host: Literal["127.0.0.1"] = "127.0.0.1"
@@ -46,10 +50,16 @@ class Settings(BaseSettings):
     db_name: str = Field("renderfarm", pattern=r"^[a-z_][a-z0-9_]*$")
     db_user: str = Field("renderfarm", pattern=r"^[a-z_][a-z0-9_]*$")
     health_timeout: float = Field(180.0, gt=0)
-    hd_price: int = Field(10, ge=0, description="credits an HD render costs")
-    heartbeat_ttl: float = Field(20.0, ge=1, le=3600, description="seconds a silent render worker counts as alive")
-    reap_interval: float = Field(5.0, ge=0.1, le=3600, description="seconds between looks for lost workers")
-    max_lost: int = Field(2, ge=0, le=100, description="times a job may lose its worker before it fails")
+    hd_price: int = Field(FarmSettings.hd_price, ge=0, description="credits an HD render costs")
+    heartbeat_ttl: float = Field(
+        Reliability.heartbeat_ttl, ge=1, le=3600, description="seconds a silent render worker counts as alive"
+    )
+    reap_interval: float = Field(
+        Reliability.reap_interval, ge=0.1, le=3600, description="seconds between looks for lost workers"
+    )
+    max_lost: int = Field(
+        Reliability.max_lost, ge=0, le=100, description="times a job may lose its worker before it fails"
+    )
     warm_blender: bool = True  # keep one Blender loaded per worker; False: one Blender process per job
     warm_max_jobs: int = Field(50, ge=1, le=100_000, description="jobs a warm Blender serves before a fresh one")
     live: bool = False  # the api runs the working tree's renderfarm/ (live_source) with reload: invoke setup --live

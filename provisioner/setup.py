@@ -36,7 +36,7 @@ def setup(
     its writes with another setup's; at worst its plan shows what a running setup is about to change.
     """
     from provisioner.aliases import plan_aliases
-    from provisioner.blender.install import plan_blender
+    from provisioner.blender.provision import plan_blender
     from provisioner.images import plan_images
     from provisioner.services import plan_ports
 

@@ -372,10 +372,10 @@ def _commit() -> str | None:
 
 
 def _blender_version(client: docker.DockerClient, settings: Settings) -> str | None:
-    from provisioner.blender.inspect import read_version
+    from provisioner.blender.declared_version import read_declared_version
 
     try:
-        return read_version(client, settings).version
+        return read_declared_version(client, settings).version
     except RenderdevError:
         return None
 

@@ -27,7 +27,7 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
         checks += check_secrets(settings)
         checks += check_aliases(settings)
         return checks
-    from provisioner.blender.install import check_blender
+    from provisioner.blender.provision import check_blender
     from provisioner.firewall import check_guard
     from provisioner.images import plan_images
     from provisioner.services import check_services

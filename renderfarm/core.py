@@ -8,29 +8,28 @@ Every route but /healthz (and the schema) needs the token of the user whose job 
 (`Authorization: Bearer`, renderfarm.tokens); another user's job is the same 404 as an unknown id.
 
 Errors: the render system's exceptions are mapped to statuses here, and only here. Each operation documents
-every status it can answer, with its body model (`_answers`); an error body echoes at most a short preview of
-what was sent, and a 503 names the service that is away, never its address.
+every status it can answer, with its body model (renderfarm.api_deps.answers); an error body echoes at most a short
+preview of what was sent, and a 503 names the service that is away, never its address. The routes' dependencies
+(`Me`, `Manager`) are in renderfarm.api_deps too; the page's routes are renderfarm.page's `router`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import reprlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import redis
 import redis.exceptions
 import sqlalchemy.exc
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -39,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from renderfarm import migrate
+from renderfarm.api_deps import ECHO, MAX_BODY, Manager, Me, answers, clip, first_line
 from renderfarm.clients import make_engine, make_redis
 from renderfarm.credits import EMAIL
 from renderfarm.db import make_sessionmaker
@@ -51,15 +51,14 @@ from renderfarm.errors import (
 )
 from renderfarm.jobs import JobManager, JobView
 from renderfarm.keys import JobState
+from renderfarm.page import router as page_router
+from renderfarm.quality import Quality
 from renderfarm.reaper import Reaper
-from renderfarm.render import Quality
 from renderfarm.scene import Scene
-from renderfarm.settings import Reliability, ServiceSettings
+from renderfarm.settings import FarmSettings
 from renderfarm.tokens import Authenticator, Forbidden, TokenUser, Unauthenticated
 
 log = logging.getLogger("renderfarm.api")
-MAX_BODY = 1_000_000  # bytes: a scene is a few KB; anything this big is a mistake or an attack
-ECHO = 80  # characters: the most of a submitted value (or of a path id) an error answer repeats
 MAX_FIELD_ERRORS = 20  # a 422 names at most this many fields (then says how many more there were)
 
 
@@ -148,81 +147,10 @@ class Credits(BaseModel):
     balance: int
 
 
-# -- error bodies: one model per kind of answer, so the schema tells a client what each status carries ---------
-class ErrorOut(BaseModel):
-    detail: str = Field(description="what was refused and why, with the command to run next where there is one")
-
-
-class InsufficientOut(ErrorOut):
-    balance: int
-    price: int
-
-
-class NotReadyOut(ErrorOut):
-    state: str = Field(description="the job's state (the image exists only once it is finished)")
-
-
-class UnavailableOut(ErrorOut):
-    service: Literal["database", "redis"] = Field(description="which service does not answer")
-
-
-class FieldError(BaseModel):
-    loc: list[str | int] = Field(description="where the value is: body, then field names and list indexes")
-    msg: str
-    type: str
-    input: str | None = Field(default=None, description=f"a short preview of the value (at most {ECHO} characters)")
-    ctx: dict[str, str | int | float | bool] | None = Field(default=None, description="the limit it broke")
-
-
-class ValidationOut(BaseModel):
-    detail: list[FieldError]
-
-
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     redis: str = Field(description='"ok", or "error: <kind>"')
     db: str = Field(description='"ok", or "error: <kind>"')
-
-
-def _answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI `responses` of an operation: each status it can answer besides its success, with its body."""
-    retry = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
-    known: dict[int, dict[str, Any]] = {
-        400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 text)"},
-        401: {
-            "model": ErrorOut,
-            "description": "no API token, or an unknown one",
-            "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
-        },
-        402: {"model": InsufficientOut, "description": "too few credits for an HD render: nothing queued or charged"},
-        403: {"model": ErrorOut, "description": "the token belongs to another user"},
-        404: {"model": ErrorOut, "description": "no such job (or not the token's user's), or no such user"},
-        409: {"model": NotReadyOut, "description": "the job is not finished: no image yet"},
-        413: {"model": ErrorOut, "description": f"request body over {MAX_BODY} bytes"},
-        422: {"model": ValidationOut, "description": "invalid input: each field named, values shortened"},
-        503: {"model": UnavailableOut, "description": "Redis or Postgres does not answer", "headers": retry},
-    }
-    # Error bodies are JSON whatever the operation's own media type (a PNG, an event stream): FastAPI files a
-    # "model" under the route's media type, so each one is also named under application/json explicitly.
-    return {
-        status: {**known[status], "content": {"application/json": {"schema": _ref(known[status]["model"])}}}
-        for status in statuses
-    }
-
-
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
-
-
-def hd_price(environ: dict[str, str] | None = None) -> int:
-    raw = (os.environ if environ is None else environ).get("RENDERFARM_HD_PRICE", "").strip() or "10"
-    if not raw.isdigit():
-        raise RenderfarmError(f"RENDERFARM_HD_PRICE={raw!r} is not a whole number of credits")
-    return int(raw)
-
-
-def renders_dir(environ: dict[str, str] | None = None) -> Path:
-    return Path((os.environ if environ is None else environ).get("RENDERFARM_RENDERS_DIR", "/srv/renders"))
 
 
 class Schema:
@@ -242,51 +170,27 @@ class Schema:
                 self.ready = True
 
 
-def get_manager(request: Request) -> JobManager:
-    """The app's JobManager, once the schema is there (503 while Postgres is away)."""
-    request.app.state.schema.ensure()
-    manager: JobManager = request.app.state.manager
-    return manager
-
-
-Manager = Annotated[JobManager, Depends(get_manager)]
-bearer = HTTPBearer(auto_error=False, description="the user's API token, made by `invoke seed-credits`")
-
-
-def current_user(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> TokenUser:
-    """The user whose token the request carries: 401 without one (before any lookup), or with an unknown one."""
-    token = credentials.credentials if credentials is not None else None
-    if token:
-        request.app.state.schema.ensure()
-    authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.verify(token)
-
-
-Me = Annotated[TokenUser, Depends(current_user)]
-
-
 def create_app(
-    settings: ServiceSettings | None = None,
+    settings: FarmSettings | None = None,
     *,
     redis_client: redis.Redis | None = None,
     engine: Engine | None = None,
 ) -> FastAPI:
     """Build the app. Settings default to the RENDERFARM_* environment, read now; clients may be passed in."""
-    cfg = settings if settings is not None else ServiceSettings.from_env()
+    farm = settings if settings is not None else FarmSettings.from_env()
+    cfg = farm.service
     r = redis_client if redis_client is not None else make_redis(cfg)
     eng = engine if engine is not None else make_engine(cfg)
     schema = Schema(eng)
-    reliability = Reliability.from_env()
+    reliability = farm.reliability
     manager = JobManager(
         r,
         make_sessionmaker(eng),
-        prices={"preview": 0, "hd": hd_price()},
+        prices={"preview": 0, "hd": farm.hd_price},
         heartbeat_ttl=reliability.heartbeat_ttl,
         max_lost=reliability.max_lost,
     )
-    images = renders_dir()
+    images = farm.renders_dir
     authenticator = Authenticator(make_sessionmaker(eng))
 
     @asynccontextmanager
@@ -323,13 +227,13 @@ def create_app(
         "/renders",
         status_code=202,
         response_model=Accepted,
-        responses=_answers(400, 401, 402, 403, 413, 422, 503),
+        responses=answers(400, 401, 402, 403, 413, 422, 503),
     )
     def post_render(body: RenderRequest, me: Me, jm: Manager) -> Accepted:
         """Queue a render for the token's user. A fresh job goes to pq. HD costs credits (402 when too few,
         nothing charged). `user`, if given, must be the token's user (403 otherwise)."""
         if body.user is not None and body.user != me.email:
-            raise Forbidden(f"this token is {me.email}'s: it cannot post renders for {_clip(body.user)}")
+            raise Forbidden(f"this token is {me.email}'s: it cannot post renders for {clip(body.user)}")
         v = jm.post(me.email, body.quality.value, body.scene.model_dump(mode="json"))
         return Accepted(mjid=v.mjid, queue=v.queue.value, status=v.state)
 
@@ -341,7 +245,7 @@ def create_app(
             raise NoSuchJob(mjid)
         return v
 
-    @app.get("/renders/{mjid}", response_model=JobOut, responses=_answers(401, 404, 422, 503))
+    @app.get("/renders/{mjid}", response_model=JobOut, responses=answers(401, 404, 422, 503))
     def get_render(mjid: str, me: Me, jm: Manager) -> JobOut:
         """The job's state from mq: queued, started, finished or failed; the image URL once finished."""
         return JobOut.of(own_job(jm, mjid, me))
@@ -349,7 +253,7 @@ def create_app(
     @app.get(
         "/renders/{mjid}/image",
         response_class=FileResponse,
-        responses={200: {"content": {"image/png": {}}}, **_answers(401, 404, 409, 422, 503)},
+        responses={200: {"content": {"image/png": {}}}, **answers(401, 404, 409, 422, 503)},
     )
     def get_image(mjid: str, me: Me, jm: Manager) -> FileResponse:
         """The PNG once the job is finished (what the UI's "refresh" fetches); 409 before that."""
@@ -361,11 +265,11 @@ def create_app(
             raise ImageNotReady(mjid, f"{v.state.value}, but its image {path.name} is missing")
         return FileResponse(path, media_type="image/png", filename=f"{mjid}.png")
 
-    @app.get("/users/{email}/credits", response_model=Credits, responses=_answers(401, 403, 404, 422, 503))
+    @app.get("/users/{email}/credits", response_model=Credits, responses=answers(401, 403, 404, 422, 503))
     def get_credits(email: str, me: Me, jm: Manager) -> Credits:
         """The token's user's balance; another user's is 403."""
         if email != me.email:
-            raise Forbidden(f"this token is {me.email}'s: it cannot read the credits of {_clip(email)}")
+            raise Forbidden(f"this token is {me.email}'s: it cannot read the credits of {clip(email)}")
         return Credits(user=email, balance=jm.credits(email))
 
     app.add_api_route(
@@ -376,8 +280,6 @@ def create_app(
         responses={503: {"model": Health, "description": "Redis or Postgres does not answer"}},
     )
     _add_error_handlers(app)
-    from renderfarm.page import router as page_router  # imported here: renderfarm.page imports this module
-
     app.include_router(page_router)
     return app
 
@@ -398,7 +300,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             body: dict[str, Any] = {"detail": str(exc)}
             headers: dict[str, str] = {}
             if isinstance(exc, NoSuchJob):
-                body["detail"] = f"no such job: {_clip(exc.mjid)}"  # the id comes from the URL: echo a little
+                body["detail"] = f"no such job: {clip(exc.mjid)}"  # the id comes from the URL: echo a little
             if isinstance(exc, InsufficientCredits):
                 body.update(balance=exc.balance, price=exc.price)
             if isinstance(exc, ImageNotReady):
@@ -415,7 +317,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unavailable(request: Request, exc: Exception) -> Response:
         """503 naming the service, never its address: the driver's message (host, port) goes to the log."""
         service = "redis" if isinstance(exc, redis.exceptions.RedisError) else "database"
-        log.warning("%s %s: %s unavailable: %s", request.method, request.url.path, service, _first_line(exc))
+        log.warning("%s %s: %s unavailable: %s", request.method, request.url.path, service, first_line(exc))
         return JSONResponse(
             {"detail": f"{service} unavailable, try again shortly", "service": service},
             status_code=503,
@@ -446,9 +348,9 @@ def field_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for err in errors[:MAX_FIELD_ERRORS]:
         item: dict[str, Any] = {
-            "loc": [x if isinstance(x, int) else _clip(str(x)) for x in err.get("loc", ())],
-            "msg": _clip(str(err.get("msg", "")), 4 * ECHO),
-            "type": _clip(str(err.get("type", ""))),
+            "loc": [x if isinstance(x, int) else clip(str(x)) for x in err.get("loc", ())],
+            "msg": clip(str(err.get("msg", "")), 4 * ECHO),
+            "type": clip(str(err.get("type", ""))),
         }
         if "input" in err:
             item["input"] = preview(err["input"])
@@ -480,15 +382,7 @@ _preview = _make_preview()
 def preview(value: Any) -> str:
     """At most ECHO characters of repr(value), "…" marking a cut. reprlib bounds the work too: a 500 KB
     list is never turned into a 500 KB string first."""
-    return _clip(_preview.repr(value))
-
-
-def _clip(text: str, limit: int = ECHO) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
+    return clip(_preview.repr(value))
 
 
 def _json_safe(value: Any) -> Any:
@@ -520,6 +414,6 @@ def _probe(name: str, check: Callable[[], Any]) -> str:
     try:
         check()
     except Exception as exc:  # noqa: BLE001 - any failure is the answer: report it, never raise
-        log.warning("healthz: %s: %s: %s", name, type(exc).__name__, _first_line(exc))
+        log.warning("healthz: %s: %s: %s", name, type(exc).__name__, first_line(exc))
         return f"error: {type(exc).__name__}"
     return "ok"

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from renderfarm.db import CreditEntry, User, balance
 from renderfarm.errors import RenderfarmError
+from renderfarm.keys import CreditReason
 from renderfarm.tokens import issue_token
 
 # Letters, digits and ._%+- before the @, a dotted domain after it: no quotes, spaces, slashes or shell
@@ -63,6 +64,6 @@ def add_credits(sessions: sessionmaker[Session], email: str, amount: int, *, rot
         assert user is not None  # just inserted or already there
         token = issue_token(user, rotate=rotate_token)
         if amount:
-            s.add(CreditEntry(user_id=user.id, amount=amount, reason="seed"))
+            s.add(CreditEntry(user_id=user.id, amount=amount, reason=CreditReason.SEED))
         s.flush()
         return Seeded(email=email, balance=balance(s, user.id), token=token)

@@ -3,6 +3,7 @@
 Every status lookup goes through `mq`. A fresh job goes to `pq`; a job retried after its preemptible
 worker was lost goes to `sq`. Credits are charged in the same Postgres transaction that records the
 render, exactly once (a unique key on (mjid, reason)), and refunded once when the job finally fails.
+Jobs whose worker is gone are moved on by renderfarm.reaper, through the transitions defined here.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from renderfarm.errors import (
     UnknownUser,
 )
 from renderfarm.keys import (
+    CreditReason,
     JobState,
+    Outcome,
     QueueName,
     attempts_key,
     can_move,
@@ -48,10 +51,10 @@ from renderfarm.keys import (
     scene_key,
     started_key,
 )
+from renderfarm.settings import FarmSettings, Reliability
 
-RENDER_FUNC = "renderfarm.work.render_job"  # imported by the worker only: the API never loads Blender code
+RENDER_FUNC = "renderfarm.worker.job.render_job"  # imported by the worker only: the API never loads Blender code
 JOB_TIMEOUT = 3600
-ORPHAN_LIMIT = 3  # a job taken off its queue and never started is rescued this many times, then fails (refunded)
 # The statement every job's end runs, as plain SQL on db.Render's table: a work horse is forked for each
 # job, and the ORM's bulk-update path costs a fresh fork several milliseconds more than this.
 FINISH_RENDER = text(
@@ -60,7 +63,7 @@ FINISH_RENDER = text(
 )
 
 
-def _now() -> str:
+def ledger_time() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
@@ -105,15 +108,15 @@ class JobManager:
         *,
         prices: dict[str, int] | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-        heartbeat_ttl: float = 20.0,
-        max_lost: int = 2,
+        heartbeat_ttl: float = Reliability.heartbeat_ttl,
+        max_lost: int = Reliability.max_lost,
         job_func: str = RENDER_FUNC,
     ) -> None:
         """job_func: the dotted path of the function rq runs for a job (given the mjid); the render job
         unless a caller (the benchmark's queue pair) wants the JobManager side with another renderer."""
         self.redis = redis
         self.sessions = sessions
-        self.prices = prices if prices is not None else {"preview": 0, "hd": 10}
+        self.prices = prices if prices is not None else {"preview": 0, "hd": FarmSettings.hd_price}
         self.new_id = new_id
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
@@ -135,7 +138,7 @@ class JobManager:
 
     def attempts(self, mjid: str) -> list[dict[str, Any]]:
         key = attempts_key(self._checked(mjid))
-        return [json.loads(x) for x in self._decode_list(self.redis.lrange(key, 0, -1))]
+        return [json.loads(x) for x in decode_list(self.redis.lrange(key, 0, -1))]
 
     def credits(self, email: str) -> int:
         with self.sessions() as s:
@@ -151,7 +154,7 @@ class JobManager:
         mjid = self.new_id()
         if not is_mjid(mjid):  # a caller's new_id must make ids the reads accept
             raise RenderfarmError(f"new_id made {mjid!r}, which is not an mjid (32 lowercase hex digits)")
-        now = _now()
+        now = ledger_time()
         with self.sessions.begin() as s:
             user = s.scalar(select(User).where(User.email == email).with_for_update())
             if user is None:
@@ -162,7 +165,7 @@ class JobManager:
                     raise InsufficientCredits(email, have, price)
             s.add(Render(mjid=mjid, user_id=user.id, quality=quality, price=price, status=JobState.QUEUED))
             if price:
-                s.add(CreditEntry(user_id=user.id, amount=-price, reason="charge", mjid=mjid))
+                s.add(CreditEntry(user_id=user.id, amount=-price, reason=CreditReason.CHARGE, mjid=mjid))
         fields: dict[Any, Any] = {
             "mjid": mjid,
             "state": JobState.QUEUED.value,
@@ -179,16 +182,17 @@ class JobManager:
                 pipe.hset(mq_key(mjid), mapping=fields)
                 pipe.set(scene_key(mjid), json.dumps(scene, separators=(",", ":")))
                 pipe.zadd(mq_index_key(), {mjid: datetime.now(UTC).timestamp()})
-                self._enqueue(QueueName.PREEMPTIBLE, mjid, job_id=mjid, pipe=pipe)
+                self.enqueue(QueueName.PREEMPTIBLE, mjid, job_id=mjid, pipe=pipe)
                 pipe.execute()
         except Exception:
             # Postgres has the render and the charge but Redis does not: undo the charge, keep the record.
-            self._finish_in_db(mjid, JobState.FAILED, "could not queue the job (Redis unavailable)")
+            self.record_end(mjid, JobState.FAILED, "could not queue the job (Redis unavailable)")
             raise
         return JobView.from_hash(fields)  # what the transaction wrote: no second read
 
-    def _enqueue(self, queue: QueueName, mjid: str, *, job_id: str, pipe: Pipeline) -> None:
-        # Which rq job carries the mjid now, and since when: what reap_orphans checks.
+    def enqueue(self, queue: QueueName, mjid: str, *, job_id: str, pipe: Pipeline) -> None:
+        """Put the job on `queue` as the rq job `job_id`, in the caller's transaction (`pipe`, after its MULTI).
+        The job's hash says which rq job carries the mjid now, and since when: what the orphan rescue checks."""
         pipe.hset(mq_key(mjid), mapping={"rq_job": job_id, "queued_at": str(time.time())})
         pipe.sadd(queued_key(), mjid)
         Queue(queue.value, connection=self.redis).enqueue_call(
@@ -212,7 +216,7 @@ class JobManager:
 
         def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
             n = int(h.get("attempts", 0)) + 1
-            now = _now()
+            now = ledger_time()
             fields: dict[Any, Any] = {
                 "state": JobState.STARTED.value,
                 "attempts": str(n),
@@ -235,14 +239,14 @@ class JobManager:
     def claim(self, mjid: str, rq_job: str, *, ttl: float | None = None) -> None:
         """A worker has taken `rq_job` (which carries mjid) off its queue and is getting ready to start it (its
         warm Blender may take a while): the orphan rescue leaves the job alone while this claim lives. The
-        worker refreshes it every third of its TTL (renderfarm.work.Claim) until the job is done with; a
+        worker refreshes it every third of its TTL (renderfarm.worker.liveness.Claim) until the job is done with; a
         worker that dies stops refreshing, and the claim expires after `heartbeat_ttl`. It is never deleted:
         once the job has started, or is carried by another rq job, an old claim no longer matters."""
         self.redis.set(claim_key(mjid), rq_job, px=int((ttl or self.heartbeat_ttl) * 1000))
 
     def heartbeat(self, mjid: str, attempt: int, *, ttl: float | None = None) -> bool:
         """Keep the job's heartbeat alive; False when the attempt is no longer the job's current one."""
-        state, attempts = self._decode_list(self.redis.hmget(mq_key(mjid), ["state", "attempts"]))
+        state, attempts = decode_list(self.redis.hmget(mq_key(mjid), ["state", "attempts"]))
         if state != JobState.STARTED or int(attempts or 0) != attempt:
             return False
         self.redis.set(heartbeat_key(mjid), str(attempt), px=int((ttl or self.heartbeat_ttl) * 1000))
@@ -250,166 +254,84 @@ class JobManager:
 
     def mark_finished(self, mjid: str, image: str, *, attempt: int) -> JobView:
         def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
-            now = _now()
+            now = ledger_time()
             fields: dict[Any, Any] = {"state": JobState.FINISHED.value, "finished_at": now, "image": image}
             pipe.hset(mq_key(mjid), mapping=fields)
-            self._leave_started(mjid, pipe, "finished", now)
+            self._leave_started(mjid, pipe, Outcome.FINISHED, now)
             return fields
 
         view = self._move(mjid, JobState.FINISHED, change, attempt=attempt)
-        self._finish_in_db(mjid, JobState.FINISHED, None)
+        self.record_end(mjid, JobState.FINISHED, None)
         return view
 
-    def mark_failed(self, mjid: str, error: str, *, attempt: int | None = None, outcome: str = "failed") -> JobView:
+    def mark_failed(
+        self, mjid: str, error: str, *, attempt: int | None = None, outcome: str = Outcome.FAILED
+    ) -> JobView:
+        """The job fails (refunded if it was paid for); a started one's attempt ends with `outcome` (an Outcome)."""
+        ended = Outcome(outcome)
+
         def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
-            now = _now()
+            now = ledger_time()
             fields: dict[Any, Any] = {"state": JobState.FAILED.value, "finished_at": now, "error": error}
             pipe.hset(mq_key(mjid), mapping=fields)
             if h["state"] == JobState.STARTED:
-                self._leave_started(mjid, pipe, outcome, now, error)
+                self._leave_started(mjid, pipe, ended, now, error)
             pipe.srem(queued_key(), mjid)
             return fields
 
         view = self._move(mjid, JobState.FAILED, change, attempt=attempt)
-        self._finish_in_db(mjid, JobState.FAILED, error)
+        self.record_end(mjid, JobState.FAILED, error)
         return view
 
     def retry_on_standard(self, mjid: str, reason: str, *, attempt: int, error: str | None = None) -> JobView:
         """A started job whose worker was preempted, interrupted or lost goes back to queued, on sq, as a
-        new rq job. Losses without notice ("lost", "interrupted") are counted: past max_lost the job
-        fails instead, and an HD charge is refunded. `error` (what interrupted it, e.g. the Blender that was
-        killed) is kept in the attempt's record, and in the job's error when it fails."""
-        counted = reason in ("lost", "interrupted")
+        new rq job. `reason` is how the attempt ended (an Outcome). Losses without notice (Outcome.counted:
+        lost, interrupted) are counted: past max_lost the job fails instead, and an HD charge is refunded.
+        `error` (what interrupted it, e.g. the Blender that was killed) is kept in the attempt's record, and in
+        the job's error when it fails."""
+        ended = Outcome(reason)
+        counted = ended.counted
         lost = int(self._hash(mjid).get("lost", 0)) + (1 if counted else 0)
         if counted and lost > self.max_lost:
             worker = self._hash(mjid).get("worker", "?")
             msg = f"worker lost {lost} times (limit {self.max_lost}); last on {worker} ({reason})"
             if error:
                 msg += f": {error}"
-            view = self.mark_failed(mjid, msg, attempt=attempt, outcome=reason)
+            view = self.mark_failed(mjid, msg, attempt=attempt, outcome=ended)
             self.redis.hset(mq_key(mjid), "lost", str(lost))
             return view
 
         def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
-            now = _now()
+            now = ledger_time()
             fields: dict[Any, Any] = {"state": JobState.QUEUED.value, "queue": QueueName.STANDARD.value}
             pipe.hset(mq_key(mjid), mapping=fields)
             if counted:
                 pipe.hincrby(mq_key(mjid), "lost", 1)
-            self._leave_started(mjid, pipe, reason, now, error)
-            self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{attempt + 1}", pipe=pipe)
+            self._leave_started(mjid, pipe, ended, now, error)
+            self.enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{attempt + 1}", pipe=pipe)
             return fields
 
         return self._move(mjid, JobState.QUEUED, change, attempt=attempt)
 
-    def reap_lost(self) -> list[tuple[str, str]]:
-        """Started jobs whose heartbeat expired lost their worker (SIGKILL, a VM gone without notice):
-        back to sq, or failed (and refunded) once lost more than max_lost times. Safe to run anywhere,
-        from several processes at once: each move is a WATCHed transaction on the job's own keys."""
-        done: list[tuple[str, str]] = []
-        for mjid in self._decode_list(self.redis.smembers(started_key())):
-            if self.redis.exists(heartbeat_key(mjid)):
-                continue
-            h = self._decode(self.redis.hgetall(mq_key(mjid)))
-            if h.get("state") != JobState.STARTED:
-                self.redis.srem(started_key(), mjid)
-                continue
-            try:
-                view = self.retry_on_standard(mjid, "lost", attempt=int(h.get("attempts", 0)))
-            except (StaleAttempt, InvalidTransition):
-                continue  # another reaper, or the worker itself, got there first
-            done.append((mjid, "sq" if view.state is JobState.QUEUED else view.state.value))
-        return done
-
-    def reap_orphans(self, *, grace: float | None = None) -> list[tuple[str, str]]:
-        """Queued jobs whose rq job is gone before any worker started it: a worker stopped or killed
-        between taking the job off the queue and starting it (rq then fails the job, or leaves it in the
-        queue's intermediate list, which rq only cleans every 10 minutes). They are queued again on sq,
-        once they have been out of their queue for `grace` seconds (default: the heartbeat TTL) and no
-        worker's claim on them lives (a worker getting ready to start a job claims it: `claim`). After
-        ORPHAN_LIMIT rescues such a job fails instead (refunded). Returns (mjid, "sq" or "failed") for each."""
-        wait = self.heartbeat_ttl if grace is None else grace
-        rescued: list[tuple[str, str]] = []
-        for mjid in self._decode_list(self.redis.smembers(queued_key())):
-            h = self._decode(self.redis.hgetall(mq_key(mjid)))
-            if h.get("state") != JobState.QUEUED:
-                self.redis.srem(queued_key(), mjid)
-                continue
-            rq_id = h.get("rq_job", mjid)
-            queue_key = f"rq:queue:{h.get('queue', QueueName.PREEMPTIBLE.value)}"
-            if self.redis.lpos(queue_key, rq_id) is not None:
-                self.redis.delete(limbo_key(mjid))
-                continue  # waiting its turn
-            status = self.redis.hget(f"rq:job:{rq_id}", "status")
-            if status in (b"queued", b"started") or status is None and self.redis.exists(f"rq:job:{rq_id}"):
-                # Taken off the queue by a worker: fine, if it starts soon. Remember since when.
-                self.redis.set(limbo_key(mjid), str(time.time()), nx=True, ex=3600)
-                since = float(self.redis.get(limbo_key(mjid)) or time.time())
-                if time.time() - since < wait:
-                    continue
-            where = self._rescue_orphan(mjid, rq_id, queue_key)
-            if where is not None:
-                rescued.append((mjid, where))
-        return rescued
-
-    def _rescue_orphan(self, mjid: str, rq_id: str, queue_key: str) -> str | None:
-        """Queue the job again on sq as a new rq job ("sq"), or fail it (refunded) once it has been rescued
-        ORPHAN_LIMIT times ("failed"). None, and nothing changed, while a worker's claim on `rq_id` lives or
-        when the job has moved on. One transaction WATCHes the job's hash and its claim, so a worker that claims or
-        starts the job meanwhile wins the race, and its mark_started is fenced by the rq job it carries."""
-        key, claim = mq_key(mjid), claim_key(mjid)
-        with self.redis.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(key, claim)
-                h = self._decode(pipe.hgetall(key))
-                if h.get("state") != JobState.QUEUED or h.get("rq_job", mjid) != rq_id:
-                    return None
-                held = pipe.get(claim)
-                if held is not None and self._decode_list([held]) == [rq_id]:
-                    return None  # a live worker is getting ready to start it
-                rescues = int(h.get("orphaned", 0))
-                pipe.multi()
-                pipe.lrem(f"{queue_key}:intermediate", 0, rq_id)  # so no late worker picks the old rq job too
-                pipe.delete(limbo_key(mjid))
-                if rescues >= ORPHAN_LIMIT:
-                    error = (
-                        f"taken off its queue and never started {rescues + 1} times"
-                        f" (rescued {rescues} times, the limit; last rq job {rq_id})"
-                    )
-                    fields: dict[Any, Any] = {"state": JobState.FAILED.value, "finished_at": _now(), "error": error}
-                    pipe.hset(key, mapping=fields)
-                    pipe.srem(queued_key(), mjid)
-                else:
-                    error = None
-                    pipe.hset(key, mapping={"queue": QueueName.STANDARD.value, "orphaned": str(rescues + 1)})
-                    self._enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-q{rescues + 1}", pipe=pipe)
-                pipe.execute()
-            except WatchError:
-                return None  # the job or its claim changed: look again next round
-        if error is None:
-            return QueueName.STANDARD.value
-        self._finish_in_db(mjid, JobState.FAILED, error)
-        return JobState.FAILED.value
-
     def warm_statements(self) -> None:
         """Run the worker side's SQL once against no row (an UPDATE matching nothing), so that SQLAlchemy has
         it compiled: a worker does this before it forks work horses, which then inherit it compiled."""
-        self._finish_in_db("", JobState.FINISHED, None)
+        self.record_end("", JobState.FINISHED, None)
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _leave_started(self, mjid: str, pipe: Pipeline, outcome: str, now: str, error: str | None = None) -> None:
+    def _leave_started(self, mjid: str, pipe: Pipeline, outcome: Outcome, now: str, error: str | None = None) -> None:
         pipe.srem(started_key(), mjid)
         pipe.delete(heartbeat_key(mjid))
         self._end_attempt(mjid, pipe, outcome, now, error)
 
-    def _end_attempt(self, mjid: str, pipe: Pipeline, outcome: str, now: str, error: str | None = None) -> None:
+    def _end_attempt(self, mjid: str, pipe: Pipeline, outcome: Outcome, now: str, error: str | None = None) -> None:
         # The last attempt record is rewritten with its ending; read outside the MULTI is fine because
         # the caller WATCHes the job's hash, and only the holder of the current attempt ends it.
         raw = self.redis.lindex(attempts_key(mjid), -1)
         if raw is None:
             return
         rec = json.loads(raw)
-        rec.update(ended_at=now, outcome=outcome)
+        rec.update(ended_at=now, outcome=outcome.value)
         if error:
             rec["error"] = error[-2000:]
         pipe.lset(attempts_key(mjid), -1, json.dumps(rec))
@@ -431,7 +353,7 @@ class JobManager:
             while True:
                 try:
                     pipe.watch(key)
-                    h = self._decode(pipe.hgetall(key))
+                    h = decode_hash(pipe.hgetall(key))
                     if not h:
                         raise NoSuchJob(mjid)
                     old = JobState(h["state"])
@@ -451,7 +373,7 @@ class JobManager:
                     continue
         return JobView.from_hash({**h, **fields})
 
-    def _finish_in_db(self, mjid: str, state: JobState, error: str | None) -> None:
+    def record_end(self, mjid: str, state: JobState, error: str | None) -> None:
         """Record the end in the render's row and, for a failed paid render, refund it once. The UPDATE
         locks the row for the rest of the transaction, as SELECT ... FOR UPDATE would, in one round trip."""
         with self.sessions.begin() as s:
@@ -465,7 +387,7 @@ class JobManager:
                     .values(
                         user_id=render.user_id,
                         amount=render.price,
-                        reason="refund",
+                        reason=CreditReason.REFUND,
                         mjid=mjid,
                         created_at=datetime.now(UTC),
                     )
@@ -479,18 +401,20 @@ class JobManager:
         return mjid
 
     def _hash(self, mjid: str) -> dict[str, str]:
-        h = self._decode(self.redis.hgetall(mq_key(mjid)))
+        h = decode_hash(self.redis.hgetall(mq_key(mjid)))
         if not h:
             raise NoSuchJob(mjid)
         return h
 
-    @staticmethod
-    def _decode(h: Any) -> dict[str, str]:
-        return {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in dict(h).items()
-        }
 
-    @staticmethod
-    def _decode_list(items: Any) -> list[Any]:
-        return [x.decode() if isinstance(x, bytes) else x for x in items]
+def decode_hash(h: Any) -> dict[str, str]:
+    """A Redis hash as text (the JobManager's client answers bytes)."""
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in dict(h).items()
+    }
+
+
+def decode_list(items: Any) -> list[Any]:
+    """Redis replies as text: each bytes item decoded, None and the rest as they are."""
+    return [x.decode() if isinstance(x, bytes) else x for x in items]

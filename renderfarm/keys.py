@@ -1,4 +1,6 @@
-"""Job states, queue names and Redis keys: defined here and nowhere else."""
+"""Job states, attempt outcomes, queue names, credit reasons and the JobManager's Redis keys: defined here and
+nowhere else. Their values are what Redis, Postgres and the HTTP API carry. rq's own keys (its queues, jobs and
+their intermediate lists) are built by rq's helpers (`Queue(...).key`, `Job.key_for`), never here."""
 
 from __future__ import annotations
 
@@ -32,6 +34,29 @@ class JobState(StrEnum):
     @property
     def final(self) -> bool:
         return self in (JobState.FINISHED, JobState.FAILED)
+
+
+class Outcome(StrEnum):
+    """How one attempt at a job ended: the `outcome` of its record in the job's attempt history."""
+
+    FINISHED = "finished"
+    FAILED = "failed"
+    PREEMPTED = "preempted"  # its preemptible (pq) worker was told to stop, and queued it again on sq
+    INTERRUPTED = "interrupted"  # a standard (sq) worker told to stop, or a Blender that vanished under it
+    LOST = "lost"  # its worker went without notice: the heartbeat expired (found by the reaper)
+
+    @property
+    def counted(self) -> bool:
+        """A loss without notice: counted against the job's max_lost (past it the job fails, refunded)."""
+        return self in (Outcome.LOST, Outcome.INTERRUPTED)
+
+
+class CreditReason(StrEnum):
+    """Why a credit entry was written (db.CreditEntry.reason): one charge and one refund per render at most."""
+
+    SEED = "seed"  # credits given (`invoke seed-credits`)
+    CHARGE = "charge"  # an HD render's price, taken when it is posted
+    REFUND = "refund"  # the price given back when the render finally fails
 
 
 # Which state may follow which. A started job may be queued again (retried on sq after preemption).

@@ -13,7 +13,7 @@
   list as it does while the stream is down. The stream also re-reads the user's unfinished jobs every few
   seconds, in case a notification was missed.
 
-The API routes take the token as every other route does (`Authorization: Bearer`, renderfarm.core's
+The API routes take the token as every other route does (`Authorization: Bearer`, renderfarm.api_deps's
 `current_user`), so the page reads the event stream with fetch(), not EventSource (which sends no headers).
 `create_app` includes `router`.
 """
@@ -51,12 +51,12 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from renderfarm.api_deps import Manager, Me, answers, clip, first_line
 from renderfarm.clients import CONNECT_TIMEOUT
-from renderfarm.core import Manager, Me, _answers, _clip, _first_line
 from renderfarm.db import CreditEntry, Render, balance
 from renderfarm.errors import RenderfarmError
 from renderfarm.jobs import JobManager, JobView
-from renderfarm.keys import PREFIX, JobState, is_mjid, mq_key
+from renderfarm.keys import PREFIX, CreditReason, JobState, is_mjid, mq_key
 from renderfarm.keys import attempts_key as attempts_list_key
 from renderfarm.settings import ServiceSettings
 from renderfarm.tokens import Forbidden, TokenUser
@@ -260,7 +260,7 @@ def list_jobs(jm: JobManager, me: TokenUser, limit: int) -> JobList:
             Render.finished_at,
             refund.c.id.is_not(None).label("refunded"),
         )
-        .outerjoin(refund, and_(refund.c.mjid == Render.mjid, refund.c.reason == "refund"))
+        .outerjoin(refund, and_(refund.c.mjid == Render.mjid, refund.c.reason == CreditReason.REFUND))
         .where(Render.user_id == me.user_id)
         .order_by(Render.created_at.desc(), Render.mjid.desc())
         .limit(limit)
@@ -291,7 +291,7 @@ def settled(sessions: sessionmaker[Session], mjid: str, user_id: int, *, final: 
     refund = CreditEntry.__table__.alias("refund")
     query = (
         select(Render.status, refund.c.id.is_not(None).label("refunded"))
-        .outerjoin(refund, and_(refund.c.mjid == Render.mjid, refund.c.reason == "refund"))
+        .outerjoin(refund, and_(refund.c.mjid == Render.mjid, refund.c.reason == CreditReason.REFUND))
         .where(Render.mjid == mjid)
     )
     while True:
@@ -481,7 +481,7 @@ def _examples() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.json"))}
 
 
-@router.get("/examples", response_model=list[ExampleScene], responses=_answers(401, 503))
+@router.get("/examples", response_model=list[ExampleScene], responses=answers(401, 503))
 def examples(me: Me) -> list[ExampleScene]:
     """The example scenes shipped with the render system (for the page's scene picker)."""
     out = []
@@ -491,13 +491,13 @@ def examples(me: Me) -> list[ExampleScene]:
     return out
 
 
-@router.get("/examples/{name}", responses={200: {"content": {"application/json": {}}}, **_answers(401, 404, 503)})
+@router.get("/examples/{name}", responses={200: {"content": {"application/json": {}}}, **answers(401, 404, 503)})
 def example(name: str, me: Me) -> Response:
     """One example scene's JSON, as a client would POST it in `scene`."""
     path = _examples().get(name)
     if path is None:
         return Response(
-            json.dumps({"detail": f"no example scene {_clip(name)!r}: GET /examples lists them"}),
+            json.dumps({"detail": f"no example scene {clip(name)!r}: GET /examples lists them"}),
             status_code=404,
             media_type="application/json",
         )
@@ -508,14 +508,14 @@ def same_user(email: str, me: Me) -> TokenUser:
     """The token's user, when `email` (from the path) is theirs; 403 otherwise. A dependency, so that the event
     stream refuses before it starts (an error inside a stream could no longer change its status)."""
     if email != me.email:
-        raise Forbidden(f"this token is {me.email}'s: it cannot read the renders of {_clip(email)}")
+        raise Forbidden(f"this token is {me.email}'s: it cannot read the renders of {clip(email)}")
     return me
 
 
 Owner = Annotated[TokenUser, Depends(same_user)]
 
 
-@router.get("/users/{email}/renders", response_model=JobList, responses=_answers(401, 403, 422, 503))
+@router.get("/users/{email}/renders", response_model=JobList, responses=answers(401, 403, 422, 503))
 def user_renders(
     me: Owner,
     jm: Manager,
@@ -529,7 +529,7 @@ def user_renders(
 @router.get(
     "/users/{email}/renders/events",
     response_class=EventSourceResponse,
-    responses=_answers(401, 403, 503),
+    responses=answers(401, 403, 503),
 )
 async def user_render_events(me: Owner, jm: Manager, request: Request) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: `ready` once subscribed (then a client re-reads the list, so nothing is missed), then
@@ -567,10 +567,10 @@ async def user_render_events(me: Owner, jm: Manager, request: Request) -> AsyncI
                 if event is not None:
                     yield ServerSentEvent(event="job", data=event)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        log.warning("job events for %s: redis unavailable: %s", me.email, _first_line(exc))
+        log.warning("job events for %s: redis unavailable: %s", me.email, first_line(exc))
         yield ServerSentEvent(event="unavailable", data={"service": "redis"}, retry=RETRY_MS)
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
-        log.warning("job events for %s: database unavailable: %s", me.email, _first_line(exc))
+        log.warning("job events for %s: database unavailable: %s", me.email, first_line(exc))
         yield ServerSentEvent(event="unavailable", data={"service": "database"}, retry=RETRY_MS)
     finally:
         with anyio.CancelScope(shield=True):  # the client may be gone (the stream cancelled): still unsubscribe

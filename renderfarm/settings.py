@@ -1,47 +1,92 @@
-"""The render system's RENDERFARM_* variables: where Redis and Postgres are (read here, when asked), and the
-others, each with the one module that reads it. The api container gets them from compose/compose.yaml; a host
-worker from provisioner.worker (out of renderdev's RENDERDEV_* settings).
+"""Every RENDERFARM_* variable the render system reads, read here and nowhere else, when asked (never at import).
 
-| variable                        | default        | read by                                       |
-| ------------------------------- | -------------- | --------------------------------------------- |
-| RENDERFARM_REDIS_HOST           | 127.0.0.1      | ServiceSettings (here)                        |
-| RENDERFARM_REDIS_PORT           | 6379           | ServiceSettings                               |
-| RENDERFARM_REDIS_DB             | 0              | ServiceSettings                               |
-| RENDERFARM_REDIS_PASSWORD_FILE  | (none)         | ServiceSettings                               |
-| RENDERFARM_DB_HOST              | 127.0.0.1      | ServiceSettings                               |
-| RENDERFARM_DB_PORT              | 5432           | ServiceSettings                               |
-| RENDERFARM_DB_USER              | renderfarm     | ServiceSettings                               |
-| RENDERFARM_DB_NAME              | renderfarm     | ServiceSettings                               |
-| RENDERFARM_DB_PASSWORD_FILE     | (none)         | ServiceSettings                               |
-| RENDERFARM_HEARTBEAT_TTL        | 20             | Reliability (here)                            |
-| RENDERFARM_REAP_INTERVAL        | 5              | Reliability                                   |
-| RENDERFARM_MAX_LOST             | 2              | Reliability                                   |
-| RENDERFARM_HD_PRICE             | 10             | renderfarm.core (the API's price of HD)       |
-| RENDERFARM_RENDERS_DIR          | /srv/renders   | renderfarm.core (serves); renderfarm.work (writes) |
-| RENDERFARM_BLENDER              | blender        | renderfarm.work (Blender for a job without a warm one) |
-| RENDERFARM_PREVIEW_SAMPLES      | 16             | renderfarm.render (the preview profile)       |
-| RENDERFARM_HD_SAMPLES           | 32             | renderfarm.render (the HD profile)            |
+The api container gets them from compose/compose.yaml. A host worker (`invoke worker`) is given its settings as
+objects by provisioner.worker, out of renderdev's RENDERDEV_* settings; it still reads the render samples (and
+anything renderdev does not set) from its environment through `FarmSettings.from_env`. A worker started by rq's
+own CLI reads them all from its environment the same way.
 
-Passwords live in files (compose mounts them at /run/secrets/...); they are read each time a
-connection is configured, so a rotated secret needs no restart of the reader's settings.
+| variable                        | default        | used by                                                      |
+| ------------------------------- | -------------- | ------------------------------------------------------------ |
+| RENDERFARM_REDIS_HOST           | 127.0.0.1      | ServiceSettings: the API, the worker                         |
+| RENDERFARM_REDIS_PORT           | 6379           | ServiceSettings                                              |
+| RENDERFARM_REDIS_DB             | 0              | ServiceSettings                                              |
+| RENDERFARM_REDIS_PASSWORD_FILE  | (none)         | ServiceSettings                                              |
+| RENDERFARM_DB_HOST              | 127.0.0.1      | ServiceSettings                                              |
+| RENDERFARM_DB_PORT              | 5432           | ServiceSettings                                              |
+| RENDERFARM_DB_USER              | renderfarm     | ServiceSettings                                              |
+| RENDERFARM_DB_NAME              | renderfarm     | ServiceSettings                                              |
+| RENDERFARM_DB_PASSWORD_FILE     | (none)         | ServiceSettings                                              |
+| RENDERFARM_HEARTBEAT_TTL        | 20             | Reliability: the API's and the worker's reaper, the worker   |
+| RENDERFARM_REAP_INTERVAL        | 5              | Reliability                                                  |
+| RENDERFARM_MAX_LOST             | 2              | Reliability                                                  |
+| RENDERFARM_HD_PRICE             | 10             | FarmSettings.hd_price: the API's price of an HD render       |
+| RENDERFARM_RENDERS_DIR          | /srv/renders   | FarmSettings.renders_dir: the API serves, the worker writes  |
+| RENDERFARM_BLENDER              | blender        | FarmSettings.blender_path: a job's Blender without a warm one |
+| RENDERFARM_PREVIEW_SAMPLES      | 16             | FarmSettings.samples: the preview profile (renderfarm.quality) |
+| RENDERFARM_HD_SAMPLES           | 32             | FarmSettings.samples: the HD profile                         |
+
+Every number goes through one parser (`_Variables.number`): a bad value is a RenderConfigError naming the
+variable, the value and the range. Passwords live in files (compose mounts them at /run/secrets/...); they are
+read each time a connection is configured, so a rotated secret needs no restart of the reader's settings.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import URL
 
 from renderfarm.errors import RenderConfigError
+from renderfarm.quality import DEFAULT_PROFILES, MAX_SAMPLES, Quality, RenderProfile, profile_for
 
 PREFIX = "RENDERFARM_"
 
 
+class _Variables:
+    """RENDERFARM_* of one environment (default: os.environ, now). Blank counts as unset: the default."""
+
+    def __init__(self, environ: Mapping[str, str] | None) -> None:
+        self.env = os.environ if environ is None else environ
+
+    def raw(self, name: str) -> str:
+        return self.env.get(PREFIX + name, "").strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self.raw(name) or default
+
+    def path(self, name: str) -> Path | None:
+        raw = self.raw(name)
+        return Path(raw) if raw else None
+
+    def number(self, name: str, default: int, low: int, high: int | None = None) -> int:
+        return int(self._number(name, default, low, high, whole=True))
+
+    def real(self, name: str, default: float, low: float, high: float) -> float:
+        return self._number(name, default, low, high, whole=False)
+
+    def _number(self, name: str, default: float, low: float, high: float | None, *, whole: bool) -> float:
+        raw = self.raw(name)
+        if not raw:
+            return default
+        bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+        unset = f"unset it for the default, {default}"
+        try:
+            value = int(raw, 10) if whole else float(raw)
+        except ValueError:
+            kind = "a whole number" if whole else "a number"
+            raise RenderConfigError(f"{PREFIX}{name}={raw!r} is not {kind} ({bounds}; {unset})") from None
+        if value < low or (high is not None and value > high):
+            raise RenderConfigError(f"{PREFIX}{name}={raw!r} is out of range ({bounds}; {unset})")
+        return value
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
+    """Where Redis and Postgres are, and the files their passwords are in."""
+
     redis_host: str = "127.0.0.1"
     redis_port: int = 6379
     redis_db: int = 0
@@ -55,38 +100,17 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read RENDERFARM_* from environ (default: os.environ, now). Unset variables keep the defaults."""
-        env = os.environ if environ is None else environ
-        d = cls()
-
-        def text(name: str, default: str) -> str:
-            return env.get(PREFIX + name, "").strip() or default
-
-        def number(name: str, default: int, low: int, high: int) -> int:
-            raw = env.get(PREFIX + name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = int(raw)
-            except ValueError:
-                raise RenderConfigError(f"{PREFIX}{name}={raw!r} is not a whole number") from None
-            if not low <= value <= high:
-                raise RenderConfigError(f"{PREFIX}{name}={value} is out of range ({low}..{high})")
-            return value
-
-        def path(name: str) -> Path | None:
-            raw = env.get(PREFIX + name, "").strip()
-            return Path(raw) if raw else None
-
+        v, d = _Variables(environ), cls()
         return cls(
-            redis_host=text("REDIS_HOST", d.redis_host),
-            redis_port=number("REDIS_PORT", d.redis_port, 1, 65535),
-            redis_db=number("REDIS_DB", d.redis_db, 0, 15),
-            redis_password_file=path("REDIS_PASSWORD_FILE"),
-            db_host=text("DB_HOST", d.db_host),
-            db_port=number("DB_PORT", d.db_port, 1, 65535),
-            db_user=text("DB_USER", d.db_user),
-            db_name=text("DB_NAME", d.db_name),
-            db_password_file=path("DB_PASSWORD_FILE"),
+            redis_host=v.text("REDIS_HOST", d.redis_host),
+            redis_port=v.number("REDIS_PORT", d.redis_port, 1, 65535),
+            redis_db=v.number("REDIS_DB", d.redis_db, 0, 15),
+            redis_password_file=v.path("REDIS_PASSWORD_FILE"),
+            db_host=v.text("DB_HOST", d.db_host),
+            db_port=v.number("DB_PORT", d.db_port, 1, 65535),
+            db_user=v.text("DB_USER", d.db_user),
+            db_name=v.text("DB_NAME", d.db_name),
+            db_password_file=v.path("DB_PASSWORD_FILE"),
         )
 
     def redis_password(self) -> str | None:
@@ -127,23 +151,51 @@ class Reliability:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Reliability:
-        env = os.environ if environ is None else environ
-        d = cls()
-
-        def number(name: str, default: float, low: float, high: float) -> float:
-            raw = env.get(PREFIX + name, "").strip()
-            if not raw:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                raise RenderConfigError(f"{PREFIX}{name}={raw!r} is not a number") from None
-            if not low <= value <= high:
-                raise RenderConfigError(f"{PREFIX}{name}={value} is out of range ({low}..{high})")
-            return value
-
+        v, d = _Variables(environ), cls()
         return cls(
-            heartbeat_ttl=number("HEARTBEAT_TTL", d.heartbeat_ttl, 1, 3600),
-            reap_interval=number("REAP_INTERVAL", d.reap_interval, 0.1, 3600),
-            max_lost=int(number("MAX_LOST", d.max_lost, 0, 100)),
+            heartbeat_ttl=v.real("HEARTBEAT_TTL", d.heartbeat_ttl, 1, 3600),
+            reap_interval=v.real("REAP_INTERVAL", d.reap_interval, 0.1, 3600),
+            max_lost=v.number("MAX_LOST", d.max_lost, 0, 100),
         )
+
+
+def _default_samples() -> Mapping[Quality, int]:
+    return {quality: profile.samples for quality, profile in DEFAULT_PROFILES.items()}
+
+
+@dataclass(frozen=True)
+class FarmSettings:
+    """All of the render system's settings: the services, the reliability timings, the price of HD (the API),
+    the renders folder (the API serves it, the worker writes it), the Blender a job runs without a warm one
+    and the samples of each quality tier (the worker)."""
+
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    reliability: Reliability = field(default_factory=Reliability)
+    hd_price: int = 10
+    renders_dir: Path = Path("/srv/renders")
+    blender_path: str = "blender"
+    samples: Mapping[Quality, int] = field(default_factory=_default_samples)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> FarmSettings:
+        """Read every RENDERFARM_* from environ (default: os.environ, now). Unset variables keep the defaults."""
+        v, d = _Variables(environ), cls()
+        return cls(
+            service=ServiceSettings.from_env(environ),
+            reliability=Reliability.from_env(environ),
+            hd_price=v.number("HD_PRICE", d.hd_price, 0),
+            renders_dir=v.path("RENDERS_DIR") or d.renders_dir,
+            blender_path=v.text("BLENDER", d.blender_path),
+            samples={
+                quality: v.number(samples_variable(quality), d.samples[quality], 1, MAX_SAMPLES) for quality in Quality
+            },
+        )
+
+    def profile(self, quality: Quality | str) -> RenderProfile:
+        """The profile a job of this quality renders at ("preview" or "hd"), with these settings' samples."""
+        return profile_for(quality, self.samples)
+
+
+def samples_variable(quality: Quality) -> str:
+    """The variable (without RENDERFARM_) that sets the samples of one tier: PREVIEW_SAMPLES, HD_SAMPLES."""
+    return f"{quality.name}_SAMPLES"

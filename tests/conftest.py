@@ -73,7 +73,7 @@ HOST_BLENDER_TIMEOUT = 1800.0
 
 @dataclass(frozen=True)
 class _Inspected:
-    """What declared_version reads of a container (its name and `docker inspect` attributes), for an image."""
+    """What declared_by reads of a container (its name and `docker inspect` attributes), for an image."""
 
     name: str
     attrs: dict[str, Any]
@@ -82,13 +82,13 @@ class _Inspected:
 def declared_blender_version(client: DockerClient, settings: Settings) -> str:
     """The Blender version the project's api image declares (Config.Env BLENDER_VERSION, else its labels),
     read and checked by the same code `invoke blender` uses on the api container."""
-    from provisioner.blender.inspect import declared_version
+    from provisioner.blender.declared_version import declared_by
     from provisioner.errors import RenderdevError
 
     name = settings.image("api")
     image = client.images.get(name)
     try:
-        return declared_version(cast("Container", _Inspected(name, image.attrs)), settings).version
+        return declared_by(cast("Container", _Inspected(name, image.attrs)), settings).version
     except RenderdevError as exc:
         pytest.fail(f"the api image {name} declares no usable Blender version: {exc}")
 

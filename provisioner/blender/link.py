@@ -25,7 +25,7 @@ from pathlib import Path
 
 from provisioner import fsops
 from provisioner.blender import dpkg
-from provisioner.blender.installs import points_into
+from provisioner.blender.install_root import points_into
 from provisioner.blender.verify import reported_version
 from provisioner.config import Settings
 from provisioner.errors import BlenderError, ConfigError, HostWriteError

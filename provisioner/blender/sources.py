@@ -1,4 +1,4 @@
-"""Where a Blender install comes from, tried in order unless one is forced:
+"""Where a Blender install comes from: the sources, tried in order unless one is forced.
 
 1. `installed`: a verified install already in the install root (no network);
 2. `mirror`: settings.blender_mirror / RENDERDEV_BLENDER_MIRROR, an http(s) URL or a local folder laid out
@@ -26,7 +26,7 @@ from provisioner import fsops, proc
 from provisioner.blender import dpkg
 from provisioner.blender.download import fetch, is_url, require_checksum
 from provisioner.blender.extract import extract_release
-from provisioner.blender.installs import (
+from provisioner.blender.install_root import (
     InstallRecord,
     binary_path,
     install_dir,
@@ -92,7 +92,7 @@ def order(forced: str) -> list[SourceName]:
         raise BlenderError(f"unknown Blender source {forced!r} (allowed: {allowed})") from None
 
 
-def install(
+def install_from_sources(
     req: Request, names: Sequence[SourceName], *, sources: Mapping[SourceName, SourceFn] | None = None
 ) -> Result:
     """Try each named source in order; return the first result, or raise listing why each one failed."""
@@ -116,6 +116,22 @@ def install(
         hint=f"set a mirror that holds {release_path(req.version)} "
         "(--mirror URL|FOLDER or RENDERDEV_BLENDER_MIRROR), or pick a source with --source",
     )
+
+
+_TARBALL_SOURCES = (SourceName.INSTALLED, SourceName.MIRROR, SourceName.OFFICIAL)
+
+
+def existing_install(req: Request, names: Sequence[SourceName]) -> Result | None:
+    """What already satisfies the request among the allowed sources: a verified install in the
+    install root (any tarball source), else the pinned distro package (apt), else None."""
+    if any(n in names for n in _TARBALL_SOURCES):
+        try:
+            return from_installed(req)
+        except Unavailable:
+            pass
+    if SourceName.APT in names:
+        return apt_installed(req)
+    return None
 
 
 # --- the sources ----------------------------------------------------------------------------
@@ -264,8 +280,17 @@ def apt_installed(req: Request) -> Result | None:
     return Result(req.version, binary, SourceName.APT, f"Debian package {pin.package} {pin.version}")
 
 
+# apt-get waits this long for dpkg's lock instead of failing at once (exit 100) when another apt is running:
+# unattended-upgrades, a person's apt, another `invoke blender` (two pytest-xdist workers' session fixtures).
+APT_LOCK_WAIT = 600
+
+
+def apt_get(*args: str) -> list[str]:
+    return ["apt-get", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT}", *args]
+
+
 def apt_argv(pin: AptPin) -> list[str]:
-    return ["apt-get", "install", "-y", "--no-install-recommends", "--allow-downgrades", pin.spec]
+    return apt_get("install", "-y", "--no-install-recommends", "--allow-downgrades", pin.spec)
 
 
 def from_apt(req: Request) -> Result:
@@ -283,7 +308,7 @@ def from_apt(req: Request) -> Result:
             proc.run(argv, env=env, timeout=APT_TIMEOUT)
         except CommandError:
             # stale package lists are the usual cause: refresh them once and try again
-            proc.run(["apt-get", "update"], env=env, timeout=APT_TIMEOUT)
+            proc.run(apt_get("update"), env=env, timeout=APT_TIMEOUT)
             proc.run(argv, env=env, timeout=APT_TIMEOUT)
     binary = dpkg.truename(Path(pin.binary))
     verify(binary, req.version)

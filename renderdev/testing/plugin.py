@@ -86,7 +86,7 @@ def renderdev_stack(
 @pytest.fixture(scope="session")
 def renderdev_blender(renderdev_docker: docker.DockerClient, renderdev_stack: RenderStack) -> Path:
     """Install the Blender the stack's api container declares, as `invoke blender` does; returns the link."""
-    from provisioner.blender.install import plan_blender
+    from provisioner.blender.provision import plan_blender
     from provisioner.console import make_console
     from provisioner.errors import RenderdevError
     from provisioner.plan import apply_steps

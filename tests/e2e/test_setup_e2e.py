@@ -17,7 +17,8 @@ import pytest
 from provisioner.config import load_settings
 from provisioner.ports import free_port
 from renderfarm.examples import load_example_scene
-from renderfarm.render import RenderProfile, render_scene
+from renderfarm.quality import RenderProfile
+from renderfarm.worker.blender_process import render_scene
 from tests.stackutil import env_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -74,7 +74,7 @@ def test_200_concurrent_posts_all_finished_by_two_workers_none_lost_or_twice(sta
             for w in workers:
                 kill_tree(w.pid)
         assert [w.returncode for w in workers] == [0, 0], logs
-        done_by = [log.count("Successfully completed renderfarm.work.render_job") for log in logs]
+        done_by = [log.count("Successfully completed renderfarm.worker.job.render_job") for log in logs]
         print(f"{N + 1} jobs: worker 1 did {done_by[0]}, worker 2 did {done_by[1]}")
         assert all(n > 0 for n in done_by), "both workers should have taken jobs"
 

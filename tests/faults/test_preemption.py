@@ -25,9 +25,9 @@ from docker import DockerClient
 from provisioner.config import Settings
 from provisioner.proc import alive, kill_tree
 from provisioner.services import redis_url
-from renderfarm.jobs import ORPHAN_LIMIT
 from renderfarm.keys import claim_key, mq_key
-from renderfarm.render import png_size
+from renderfarm.png import png_size
+from renderfarm.reaper import ORPHAN_LIMIT
 from tests import stackutil
 from tests.fake_metadata import metadata_server
 from tests.stackutil import (

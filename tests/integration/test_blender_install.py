@@ -25,8 +25,8 @@ import pytest
 from rich.console import Console
 
 from provisioner.blender import link as links
-from provisioner.blender.install import plan_blender
-from provisioner.blender.installs import METADATA
+from provisioner.blender.install_root import METADATA
+from provisioner.blender.provision import plan_blender
 from provisioner.config import REPO_ROOT, Settings
 from provisioner.errors import BlenderError, HostWriteError
 from provisioner.plan import StepState, apply_steps
@@ -274,3 +274,34 @@ def test_dpkg_owned_link_path_read_only(settings_for: Callable[..., Settings], h
     after = os.lstat(HOST_BLENDER)
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
     assert not root.exists()
+
+
+def test_apt_waits_for_another_apt_instead_of_failing(host_blender: Path) -> None:
+    """Another apt holds dpkg's lock (unattended-upgrades, a second pytest-xdist worker's `invoke blender`): our
+    apt-get waits for it, where a bare apt-get exits 100 at once. The pinned package is installed already (the
+    host_blender fixture), so apt has nothing to do once it has the lock."""
+    import fcntl
+
+    from provisioner.blender import dpkg
+    from provisioner.blender.sources import apt_argv
+    from provisioner.blender.versions import load_versions
+
+    assert os.geteuid() == 0, "the apt source runs as root"
+    versions = load_versions(REPO_ROOT / "blender_versions.yaml").versions.values()
+    pins = [v.apt for v in versions if v.apt is not None and dpkg.package_version(v.apt.package) == v.apt.version]
+    assert pins, "the host_blender fixture installed a pinned Debian package"
+    pin = pins[0]
+    hold = 3.0
+    with open("/var/lib/dpkg/lock-frontend", "w") as lock:
+        fcntl.lockf(lock, fcntl.LOCK_EX)
+        timer = threading.Timer(hold, fcntl.lockf, args=(lock, fcntl.LOCK_UN))
+        timer.start()
+        start = time.monotonic()
+        bare = subprocess.run(["apt-get", "install", "-y", pin.spec], capture_output=True, text=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        ours = subprocess.run(apt_argv(pin), capture_output=True, text=True, env=env)
+        took = time.monotonic() - start
+        timer.join()
+    assert bare.returncode == 100 and "lock" in bare.stderr, bare.stderr
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    assert took >= hold * 0.9, f"apt-get returned after {took:.1f} s while the lock was held for {hold} s"

@@ -15,8 +15,10 @@ import pytest
 
 from renderfarm.errors import BlenderRenderError
 from renderfarm.examples import load_example_scene
-from renderfarm.render import DEFAULT_PROFILES, Quality, RenderProfile, png_size, render_scene, stop_blender
+from renderfarm.png import png_size
+from renderfarm.quality import DEFAULT_PROFILES, Quality, RenderProfile
 from renderfarm.scene import Scene
+from renderfarm.worker.blender_process import render_scene, stop_blender
 from tests.pixels import assert_same_pixels, differ
 
 pytestmark = pytest.mark.integration

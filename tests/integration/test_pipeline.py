@@ -20,7 +20,7 @@ from docker import DockerClient
 
 from provisioner.config import Settings
 from renderfarm.keys import mq_index_key, mq_key
-from renderfarm.render import png_size
+from renderfarm.png import png_size
 from tests.stackutil import (
     REPO,
     balance,

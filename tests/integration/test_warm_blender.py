@@ -16,9 +16,11 @@ import pytest
 
 from renderfarm.errors import BlenderRenderError, BlenderVanished
 from renderfarm.examples import load_example_scene
-from renderfarm.render import DEFAULT_PROFILES, Quality, png_size, render_scene
+from renderfarm.png import png_size
+from renderfarm.quality import DEFAULT_PROFILES, Quality
 from renderfarm.scene import Scene
-from renderfarm.warm import WarmBlender
+from renderfarm.worker.blender_process import render_scene
+from renderfarm.worker.warm_blender import WarmBlender
 from tests.pixels import assert_same_pixels
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ import pytest
 from provisioner.aliases import (
     BLOCK_BEGIN,
     FUNCTIONS,
+    aliases_path,
     check_aliases,
     plan_aliases,
     remove_aliases,
@@ -92,3 +93,39 @@ def test_remove_takes_only_ours(settings) -> None:  # type: ignore[no-untyped-de
     assert not settings.aliases_file.exists()
     assert remove_aliases(settings) == []
     assert not all(c.ok for c in check_aliases(settings))
+
+
+def test_a_second_project_gets_its_own_file_and_conf_switches_between_them(settings) -> None:  # type: ignore[no-untyped-def]
+    other = settings.model_copy(update={"project": "b", "api_port": 18123})
+    _apply(settings)
+    first = settings.aliases_file.read_text()
+    bashrc = settings.rc_files[0].read_text()
+    second = _apply(other)
+    assert len(second.changed) == 1 and str(aliases_path(other)) in second.changed[0]
+    assert aliases_path(other) == settings.aliases_file.with_name("aliases-b.sh")
+    assert settings.aliases_file.read_text() == first  # project a's functions are untouched
+    assert settings.rc_files[0].read_text() == bashrc  # new shells still start on the first project
+    assert _apply(other).changed == []
+    assert all(c.ok for c in check_aliases(other))
+
+    script = f"""
+    . {settings.aliases_file}
+    declare -f _renderdev_invoke | grep -o 'RENDERDEV_PROJECT=[a-z]*'
+    conf b
+    declare -f _renderdev_invoke | grep -o 'RENDERDEV_PROJECT=[a-z]*'
+    conf renderdev >/dev/null
+    declare -f _renderdev_invoke | grep -o 'RENDERDEV_PROJECT=[a-z]*'
+    conf nope || echo refused
+    """
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [
+        "RENDERDEV_PROJECT=renderdev",
+        "renderdev:", "project", "b", "(api", "http://127.0.0.1:18123)",
+        "RENDERDEV_PROJECT=b",
+        "RENDERDEV_PROJECT=renderdev",
+        "refused",
+    ]  # fmt: skip
+    assert "no aliases for project nope; run: RENDERDEV_PROJECT=nope invoke setup" in done.stderr
+
+    assert remove_aliases(other) == [f"aliases file {aliases_path(other)}"]  # a's block and file stay
+    assert settings.rc_files[0].read_text() == bashrc and settings.aliases_file.read_text() == first

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from provisioner.blender import sources
 from provisioner.blender.download import fetch
-from provisioner.blender.installs import METADATA, read_record, verified_install
+from provisioner.blender.install_root import METADATA, read_record, verified_install
 from provisioner.blender.sources import (
     ORDER,
     Request,
@@ -21,7 +21,7 @@ from provisioner.blender.sources import (
     SourceName,
     Unavailable,
     host_distro,
-    install,
+    install_from_sources,
     mirror_location,
     official_url,
     order,
@@ -128,7 +128,7 @@ def test_fallthrough_reports_each_source_in_one_line(tmp_path: Path) -> None:
         SourceName.OFFICIAL: working,
         SourceName.APT: never,
     }
-    got = install(req, ORDER, sources=table)
+    got = install_from_sources(req, ORDER, sources=table)
     assert got.source is SourceName.OFFICIAL
     assert tried == ["installed", "mirror", "official"]
     lines = printed(console).splitlines()
@@ -141,7 +141,7 @@ def test_all_sources_failing_lists_each(tmp_path: Path, mirror: Path) -> None:
     """Real sources: the mirror has other bytes, the official site refuses, apt has no pin."""
     req, console = request(tmp_path, versions_file(tmp_path, "0" * 64), blender_mirror=str(mirror))
     with pytest.raises(BlenderError) as err:
-        install(req, order("auto"))
+        install_from_sources(req, order("auto"))
     msg = err.value.message
     assert f"could not install Blender {VERSION} from any source" in msg
     assert "- installed: no verified install of 9.9.9" in msg

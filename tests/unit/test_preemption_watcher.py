@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from provisioner.worker import PreemptionWatcher
+from renderfarm.worker.preemption import PreemptionWatcher
 from tests.fake_metadata import MetadataState, metadata_server
 
 AWS = "/latest/meta-data/spot/instance-action"

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from provisioner.ports import free_port
 from renderfarm.core import create_app
 from renderfarm.errors import RenderConfigError
-from renderfarm.settings import ServiceSettings
+from renderfarm.settings import FarmSettings, ServiceSettings
 
 
 def test_settings_are_read_when_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_unreadable_password_file_names_it(tmp_path: Path) -> None:
 
 def test_healthz_is_503_naming_each_service_that_does_not_answer() -> None:
     settings = ServiceSettings(redis_port=free_port(), db_port=free_port())
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(FarmSettings(service=settings))) as client:
         resp = client.get("/healthz")
     assert resp.status_code == 503
     body = resp.json()

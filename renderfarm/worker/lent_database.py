@@ -3,8 +3,8 @@
 rq forks a work horse for every job. A database connection of the horse's own costs every job a TCP
 connect, SCRAM authentication, a new server backend and SQLAlchemy's first-connect queries (about
 10-25 ms here: more than all the rest of the JobManager's side of a job). Instead the worker's main
-process opens one connection, never uses it itself, and each horse inherits it (`current()`), with the
-already initialised engine.
+process opens one connection, never uses it itself, and each horse inherits it (the RenderWorker's `lent`,
+renderfarm.worker.render_worker), with the already initialised engine.
 
 Use is serialised: a worker runs one horse at a time, and its main process does not touch the
 connection while a horse lives. A flag shared with the main process says whether the connection may be
@@ -34,7 +34,7 @@ from renderfarm.clients import CONNECT_TIMEOUT
 from renderfarm.db import make_sessionmaker
 from renderfarm.settings import ServiceSettings
 
-log = logging.getLogger("renderfarm.horse_db")
+log = logging.getLogger("renderfarm.worker.lent_database")
 CLEAN, IN_USE = 1, 0
 
 
@@ -111,17 +111,3 @@ class LentDatabase:
                 and conn.info.transaction_status == TransactionStatus.IDLE  # type: ignore[attr-defined]
             )
         return False
-
-
-# The worker's lent connection. A module-level slot because rq calls the job function by name with only
-# the mjid: the worker's main process sets it, the forked work horse inherits it.
-_current: LentDatabase | None = None
-
-
-def current() -> LentDatabase | None:
-    return _current
-
-
-def install(lent: LentDatabase | None) -> None:
-    global _current
-    _current = lent

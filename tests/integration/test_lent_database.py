@@ -1,4 +1,4 @@
-"""The database connection a worker lends its forked work horses (renderfarm.horse_db), on the stack's real
+"""The database connection a worker lends its forked work horses (renderfarm.worker.lent_database), on the stack's real
 Postgres: reused while each horse leaves it clean; replaced, with the dead horse's transaction and locks,
 when a horse ends with it in use (exited mid-transaction, killed mid-query)."""
 
@@ -16,10 +16,9 @@ from sqlalchemy import create_engine, text
 
 from provisioner.config import Settings
 from provisioner.services import db_url
-from provisioner.worker import worker_environment
-from renderfarm.horse_db import LentDatabase
+from provisioner.worker import farm_settings
 from renderfarm.jobs import JobManager
-from renderfarm.settings import ServiceSettings
+from renderfarm.worker.lent_database import LentDatabase
 from tests.stackutil import isolated_stack
 
 pytestmark = pytest.mark.integration
@@ -38,7 +37,7 @@ def stack(
 
 @pytest.fixture
 def lent(stack: Settings) -> Iterator[LentDatabase]:
-    db = LentDatabase(ServiceSettings.from_env(worker_environment(stack)))
+    db = LentDatabase(farm_settings(stack).service)
     db.open(warm=lambda sessions: JobManager(None, sessions).warm_statements())  # type: ignore[arg-type]
     yield db
     db.close()

@@ -1,4 +1,6 @@
-"""Render a validated Scene to a PNG with the host's Blender (Cycles on the CPU, denoising off, fixed seed).
+"""One Blender process per render: a validated Scene to a PNG with the host's Blender (Cycles on the CPU,
+denoising off, fixed seed), and what the warm Blender shares with it (its environment, how it is stopped, how its
+output is checked and its failure named).
 
 `render_scene()` writes the scene JSON to a temporary folder, runs `blender_scene.py` inside Blender
 (an argv list, never a shell, PYTHONPATH/PYTHONHOME scrubbed) and moves the PNG into place atomically.
@@ -17,99 +19,26 @@ import logging
 import os
 import re
 import signal
-import struct
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
 
 from renderfarm.errors import BlenderRenderError, RenderConfigError, RenderfarmError
+from renderfarm.png import png_size, strip_png_text
+from renderfarm.quality import RenderProfile
 from renderfarm.scene import Scene
 
-log = logging.getLogger("renderfarm.render")
+log = logging.getLogger("renderfarm.worker.blender_process")
 
 TAIL_LINES = 20
 # Marker the Blender-side script prints before re-raising; keep in sync with blender_scene.ERROR_PREFIX.
 SCRIPT_ERROR_PREFIX = "renderfarm-scene: error: "
 _SCRUB = ("PYTHONPATH", "PYTHONHOME")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Text chunks Blender fills with render times: dropped so the same scene and seed give the same bytes.
-_PNG_VOLATILE_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"tIME"})
-_MAX_SAMPLES = 4096
-_MAX_PIXELS_SIDE = 8192
-
-
-class Quality(StrEnum):
-    PREVIEW = "preview"
-    HD = "hd"
-
-
-@dataclass(frozen=True)
-class RenderProfile:
-    """Output size in pixels and Cycles samples per pixel for one quality tier."""
-
-    width: int
-    height: int
-    samples: int
-
-    def __post_init__(self) -> None:
-        for name, value, top in (
-            ("width", self.width, _MAX_PIXELS_SIDE),
-            ("height", self.height, _MAX_PIXELS_SIDE),
-            ("samples", self.samples, _MAX_SAMPLES),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
-                raise RenderConfigError(f"render profile {name} must be a whole number from 1 to {top}, got {value!r}")
-
-
-DEFAULT_PROFILES: Mapping[Quality, RenderProfile] = MappingProxyType(
-    {
-        Quality.PREVIEW: RenderProfile(width=640, height=360, samples=16),
-        Quality.HD: RenderProfile(width=1920, height=1080, samples=32),
-    }
-)
-SAMPLES_ENV: Mapping[Quality, str] = MappingProxyType(
-    {Quality.PREVIEW: "RENDERFARM_PREVIEW_SAMPLES", Quality.HD: "RENDERFARM_HD_SAMPLES"}
-)
-
-
-def profiles_from_env(environ: Mapping[str, str] | None = None) -> dict[Quality, RenderProfile]:
-    """The default profiles with samples overridden by RENDERFARM_{PREVIEW,HD}_SAMPLES (read now, not at import)."""
-    env = os.environ if environ is None else environ
-    profiles: dict[Quality, RenderProfile] = {}
-    for quality, default in DEFAULT_PROFILES.items():
-        name = SAMPLES_ENV[quality]
-        raw = env.get(name, "").strip()
-        if not raw:
-            profiles[quality] = default
-            continue
-        try:
-            samples = int(raw, 10)
-        except ValueError:
-            samples = 0
-        if not 1 <= samples <= _MAX_SAMPLES:
-            raise RenderConfigError(
-                f"{name} must be a whole number of samples from 1 to {_MAX_SAMPLES}, got {raw!r}"
-                f" (unset it to use the default, {default.samples})"
-            )
-        profiles[quality] = RenderProfile(width=default.width, height=default.height, samples=samples)
-    return profiles
-
-
-def profile_for(quality: Quality | str, environ: Mapping[str, str] | None = None) -> RenderProfile:
-    """The profile of one tier ("preview" or "hd"), with the environment's overrides."""
-    try:
-        tier = Quality(quality)
-    except ValueError:
-        choices = ", ".join(q.value for q in Quality)
-        raise RenderConfigError(f"unknown render quality: {quality!r} (choose one of: {choices})") from None
-    return profiles_from_env(environ)[tier]
 
 
 @dataclass(frozen=True)
@@ -304,35 +233,3 @@ def output_tail(output: str, lines: int = TAIL_LINES) -> str:
     """The last lines of Blender's output, without its per-sample progress lines ("Fra:1 Mem:...")."""
     kept = [line for line in output.splitlines() if line.strip() and not line.startswith("Fra:")]
     return "\n".join(kept[-lines:])
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk; RenderfarmError if the file is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
-        raise RenderfarmError(f"not a PNG image: {path}")
-    width, height = struct.unpack(">II", head[16:24])
-    return int(width), int(height)
-
-
-def strip_png_text(path: Path) -> None:
-    """Rewrite the PNG at path without its text and time chunks (Blender stores render timings there)."""
-    data = path.read_bytes()
-    kept = [data[:8]]
-    pos = 8
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        end = pos + 12 + length
-        if end > len(data):
-            raise RenderfarmError(f"truncated PNG chunk {kind!r} in {path}")
-        if kind not in _PNG_VOLATILE_CHUNKS:
-            kept.append(data[pos:end])
-        pos = end
-        if kind == b"IEND":
-            break
-    with open(path, "wb") as f:
-        f.write(b"".join(kept))
-        f.flush()
-        os.fsync(f.fileno())

@@ -6,7 +6,8 @@ one-process-per-job path (`render_scene`) stays: it is the fallback when a warm 
 and what renderdev's `warm_blender = false` (RENDERDEV_WARM_BLENDER=false) selects for a worker.
 
 In a worker, the warm process belongs to the worker's main process, which makes sure it is alive before
-each job; rq runs the job in a forked work horse, which inherits the pipe and talks to it (`current()`).
+each job; rq runs the job in a forked work horse, which inherits the pipe and talks to it (the RenderWorker's
+`warm_for_job()`, renderfarm.worker.render_worker).
 
 A failure names what really happened: the warm process's own command line, its exit status once it has
 died (a thread of the parent reaps it and shares the status with the horses, which cannot wait for their
@@ -33,19 +34,19 @@ from pathlib import Path
 from typing import IO, Any
 
 from renderfarm.errors import BlenderRenderError, BlenderVanished
-from renderfarm.render import (
-    RenderProfile,
+from renderfarm.png import strip_png_text
+from renderfarm.quality import RenderProfile
+from renderfarm.scene import Scene
+from renderfarm.worker.blender_process import (
     RenderResult,
     blender_env,
     check_output,
     failure_reason,
     output_tail,
     stop_blender,
-    strip_png_text,
 )
-from renderfarm.scene import Scene
 
-log = logging.getLogger("renderfarm.warm")
+log = logging.getLogger("renderfarm.worker.warm_blender")
 START_TIMEOUT = 60.0
 EXIT_STATUS_WAIT = 5.0  # seconds to wait, once the process is gone, for its parent to have reaped it
 _STATUS = struct.Struct("<ii")  # the shared exit-status slot: (1 once reaped, else 0; the returncode)
@@ -252,17 +253,3 @@ class WarmBlender:
 def _reap(proc: subprocess.Popen[bytes], slot: mmap.mmap) -> None:
     """A thread of the process that started Blender: wait for it to end and share its exit status."""
     slot[: _STATUS.size] = _STATUS.pack(1, proc.wait())
-
-
-# The warm process of this worker. A module-level slot because rq calls the job function by name with
-# only the mjid: the worker's main process sets it, and the forked work horse inherits it.
-_current: WarmBlender | None = None
-
-
-def current() -> WarmBlender | None:
-    return _current if _current is not None and _current.alive() else None
-
-
-def install(warm: WarmBlender | None) -> None:
-    global _current
-    _current = warm

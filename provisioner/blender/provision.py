@@ -1,4 +1,4 @@
-"""`invoke blender` as plan-then-act steps, and its lines in `invoke status`.
+"""Blender as a provisioned component: the plan-then-act steps of `invoke blender`, and its `invoke status` lines.
 
 Steps: "resolve version" (from --version, else the api container), "install Blender X.Y.Z"
 (ok when a verified install or the pinned distro package is there), "link <path>".
@@ -12,17 +12,15 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from provisioner.blender import link as links
-from provisioner.blender.inspect import ApiContainerDown, read_version
-from provisioner.blender.installs import binary_path
+from provisioner.blender.declared_version import ApiContainerDown, read_declared_version
+from provisioner.blender.install_root import binary_path
 from provisioner.blender.sources import (
     Request,
     Result,
     SourceName,
-    Unavailable,
-    apt_installed,
     describe,
-    from_installed,
-    install,
+    existing_install,
+    install_from_sources,
     order,
 )
 from provisioner.blender.verify import reported_version
@@ -35,20 +33,6 @@ if TYPE_CHECKING:
     import docker
 
 COMPONENT = "blender"
-_TARBALL_SOURCES = (SourceName.INSTALLED, SourceName.MIRROR, SourceName.OFFICIAL)
-
-
-def current_install(req: Request, names: list[SourceName]) -> Result | None:
-    """What already satisfies the request among the allowed sources: a verified install in the
-    install root (any tarball source), else the pinned distro package (apt), else None."""
-    if any(n in names for n in _TARBALL_SOURCES):
-        try:
-            return from_installed(req)
-        except Unavailable:
-            pass
-    if SourceName.APT in names:
-        return apt_installed(req)
-    return None
 
 
 def plan_blender(
@@ -75,7 +59,7 @@ def plan_blender(
                 "no Docker client to read the api container's Blender version", hint="pass --version X.Y.Z"
             )
         try:
-            declared = read_version(client, settings)
+            declared = read_declared_version(client, settings)
         except ApiContainerDown as exc:
             if not dry_run:
                 raise
@@ -89,7 +73,7 @@ def plan_blender(
 
     steps = [Step(COMPONENT, "resolve version", StepState.OK, f"Blender {version}: {why}")]
 
-    current = current_install(req, names)
+    current = existing_install(req, names)
     result: dict[str, Result] = {}
     install_title = f"install Blender {version}"
     if current is not None:
@@ -103,7 +87,7 @@ def plan_blender(
             )
 
         def apply_install() -> str:
-            got = install(req, to_try)
+            got = install_from_sources(req, to_try)
             result["result"] = got
             return f"{got.source}: {got.binary}"
 
@@ -165,7 +149,7 @@ def check_blender(client: docker.DockerClient | None, settings: Settings) -> lis
     if client is None:
         return [Check(name, False, "no Docker engine answers", "start Docker, then: invoke services")]
     try:
-        declared = read_version(client, settings)
+        declared = read_declared_version(client, settings)
     except RenderdevError as exc:
         return [Check(name, False, exc.message, exc.hint or "invoke services")]
     checks = [Check(name, True, str(declared))]
@@ -177,7 +161,7 @@ def check_blender(client: docker.DockerClient | None, settings: Settings) -> lis
         return checks
 
     req = Request(version, entry, versions.path, settings, Console(quiet=True))
-    current = current_install(req, order(settings.blender_source))
+    current = existing_install(req, order(settings.blender_source))
     root, link_path = settings.blender_install_root, settings.blender_link
     if current is not None:
         checks.append(Check(f"blender {version} installed", True, f"{current.detail}: {current.binary}"))

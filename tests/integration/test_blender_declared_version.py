@@ -15,8 +15,8 @@ from rich.console import Console
 from testcontainers.core.container import DockerContainer
 
 from provisioner.blender import link as links
-from provisioner.blender.inspect import ApiContainerDown, read_version
-from provisioner.blender.install import check_blender, plan_blender
+from provisioner.blender.declared_version import ApiContainerDown, read_declared_version
+from provisioner.blender.provision import check_blender, plan_blender
 from provisioner.config import Settings, load_settings
 from provisioner.dockerapi import PROJECT_LABEL, SERVICE_LABEL
 from provisioner.errors import BlenderError, DockerError
@@ -90,7 +90,7 @@ def test_version_from_env(
     isolated_settings: Callable[..., Settings],
 ) -> None:
     name = start(version_images["env"])
-    found = read_version(docker_client, isolated_settings(api_container=name))
+    found = read_declared_version(docker_client, isolated_settings(api_container=name))
     assert (found.version, found.container, found.where) == ("3.4.1", name, "env BLENDER_VERSION")
 
 
@@ -101,7 +101,7 @@ def test_version_from_label_only(
     isolated_settings: Callable[..., Settings],
 ) -> None:
     name = start(version_images["label"])
-    found = read_version(docker_client, isolated_settings(api_container=name))
+    found = read_declared_version(docker_client, isolated_settings(api_container=name))
     assert (found.version, found.where) == ("3.4.1", "label org.blender.version")
 
 
@@ -115,7 +115,7 @@ def test_default_is_the_compose_projects_api_service(
     settings = isolated_settings()
     cleanup_project.append(settings.project)
     name = start(version_images["label"], labels={PROJECT_LABEL: settings.project, SERVICE_LABEL: "api"})
-    found = read_version(docker_client, settings)
+    found = read_declared_version(docker_client, settings)
     assert found.container == name and found.version == "3.4.1"
 
 
@@ -127,14 +127,14 @@ def test_no_such_container_lists_the_running_ones(
 ) -> None:
     running = start(version_images["env"])
     with pytest.raises(ApiContainerDown) as err:
-        read_version(docker_client, isolated_settings(api_container="rdtest-no-such-container"))
+        read_declared_version(docker_client, isolated_settings(api_container="rdtest-no-such-container"))
     assert "no container named 'rdtest-no-such-container'" in err.value.message
     assert running in err.value.message.split("running containers: ")[1]
     assert "invoke services" in (err.value.hint or "")
 
     settings = isolated_settings()
     with pytest.raises(ApiContainerDown) as err:
-        read_version(docker_client, settings)
+        read_declared_version(docker_client, settings)
     assert f"no api container in compose project {settings.project!r}" in err.value.message
     assert f"{PROJECT_LABEL}={settings.project}" in err.value.message
 
@@ -148,7 +148,7 @@ def test_stopped_container(
     name = start(version_images["env"])
     docker_client.containers.get(name).kill()
     with pytest.raises(ApiContainerDown) as err:
-        read_version(docker_client, isolated_settings(api_container=name))
+        read_declared_version(docker_client, isolated_settings(api_container=name))
     assert f"api container {name} is not running (state: exited, exit code 137)" in err.value.message
     assert "invoke services" in (err.value.hint or "")
 
@@ -161,12 +161,12 @@ def test_no_version_declared_names_the_keys(
 ) -> None:
     name = start(version_images["none"])
     with pytest.raises(BlenderError) as err:
-        read_version(docker_client, isolated_settings(api_container=name))
+        read_declared_version(docker_client, isolated_settings(api_container=name))
     assert f"api container {name} declares no Blender version" in err.value.message
     assert "looked at: env BLENDER_VERSION, label org.blender.version, label blender.version" in err.value.message
     custom = isolated_settings(api_container=name, blender_version_env_keys=["BV"], blender_version_label_keys=[])
     with pytest.raises(BlenderError, match=r"looked at: env BV\)"):
-        read_version(docker_client, custom)
+        read_declared_version(docker_client, custom)
 
 
 def test_version_not_in_the_versions_file(

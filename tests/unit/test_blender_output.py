@@ -1,4 +1,4 @@
-"""What render.py makes of Blender's output and files: the failure line, the tail, the PNG size."""
+"""What a Blender process's output and files are made into: the failure line, the tail, the argv, the PNG size."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from renderfarm.errors import BlenderRenderError, RenderfarmError
-from renderfarm.render import RenderProfile, blender_command, failure_reason, output_tail, png_size
+from renderfarm.png import png_size
+from renderfarm.quality import RenderProfile
+from renderfarm.worker.blender_process import blender_command, failure_reason, output_tail
 
 
 def _png(width: int, height: int) -> bytes:

@@ -1,4 +1,4 @@
-"""Which Blender version the api container declares (its `Config.Env`, else its labels)."""
+"""Which Blender version the api container declares (its `Config.Env`, else its labels), read with `docker inspect`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ class DeclaredVersion:
         return f"{self.version} (container {self.container}, {self.where})"
 
 
-def read_version(client: docker.DockerClient, settings: Settings, *, container: str | None = None) -> DeclaredVersion:
+def read_declared_version(
+    client: docker.DockerClient, settings: Settings, *, container: str | None = None
+) -> DeclaredVersion:
     """The version the api container declares.
 
     The container is `container`, else settings.api_container, else the compose project's `api`
@@ -47,10 +49,10 @@ def read_version(client: docker.DockerClient, settings: Settings, *, container: 
             f"api container {found.name} is not running (state: {status}{more})",
             hint="start the stack: invoke services (or skip the lookup: invoke blender --version X.Y.Z)",
         )
-    return declared_version(found, settings)
+    return declared_by(found, settings)
 
 
-def declared_version(found: Container, settings: Settings) -> DeclaredVersion:
+def declared_by(found: Container, settings: Settings) -> DeclaredVersion:
     """Read the version from a container's environment, else its labels (keys from the settings)."""
     config = found.attrs.get("Config") or {}
     env: dict[str, str] = {}

@@ -1,62 +1,67 @@
-"""Render profiles per quality tier: defaults, overrides read from the environment when asked, clear errors."""
+"""Render profiles per quality tier: defaults, samples overridden by the settings (read from the environment when
+asked), clear errors."""
 
 from __future__ import annotations
 
 import pytest
 
 from renderfarm.errors import RenderConfigError, RenderfarmError
-from renderfarm.render import DEFAULT_PROFILES, Quality, RenderProfile, profile_for, profiles_from_env
+from renderfarm.quality import DEFAULT_PROFILES, Quality, RenderProfile, profile_for
+from renderfarm.settings import FarmSettings
 
 
 def test_defaults() -> None:
-    profiles = profiles_from_env({})
-    assert profiles[Quality.PREVIEW] == RenderProfile(width=640, height=360, samples=16)
-    assert profiles[Quality.HD] == RenderProfile(width=1920, height=1080, samples=32)
-    assert profiles == dict(DEFAULT_PROFILES)
+    settings = FarmSettings.from_env({})
+    assert settings.profile(Quality.PREVIEW) == RenderProfile(width=640, height=360, samples=16)
+    assert settings.profile(Quality.HD) == RenderProfile(width=1920, height=1080, samples=32)
+    assert {q: settings.profile(q) for q in Quality} == dict(DEFAULT_PROFILES)
+    assert FarmSettings() == settings
 
 
 def test_quality_is_a_string_enum() -> None:
     assert Quality("hd") is Quality.HD
     assert Quality.PREVIEW == "preview"
-    assert profile_for("hd", {}) == DEFAULT_PROFILES[Quality.HD]
-    assert profile_for(Quality.PREVIEW, {}) == DEFAULT_PROFILES[Quality.PREVIEW]
+    assert profile_for("hd") == DEFAULT_PROFILES[Quality.HD]
+    assert profile_for(Quality.PREVIEW) == DEFAULT_PROFILES[Quality.PREVIEW]
+    assert profile_for("hd", {Quality.HD: 5}) == RenderProfile(width=1920, height=1080, samples=5)
 
 
-def test_environment_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_is_read_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RENDERFARM_PREVIEW_SAMPLES", raising=False)
     monkeypatch.delenv("RENDERFARM_HD_SAMPLES", raising=False)
-    assert profile_for("preview").samples == 16
+    assert FarmSettings.from_env().profile("preview").samples == 16
     monkeypatch.setenv("RENDERFARM_PREVIEW_SAMPLES", "4")
     monkeypatch.setenv("RENDERFARM_HD_SAMPLES", " 8 ")
-    profiles = profiles_from_env()
-    assert profiles[Quality.PREVIEW] == RenderProfile(width=640, height=360, samples=4)
-    assert profiles[Quality.HD] == RenderProfile(width=1920, height=1080, samples=8)
+    settings = FarmSettings.from_env()
+    assert settings.profile(Quality.PREVIEW) == RenderProfile(width=640, height=360, samples=4)
+    assert settings.profile(Quality.HD) == RenderProfile(width=1920, height=1080, samples=8)
 
 
 def test_explicit_mapping_wins_over_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RENDERFARM_HD_SAMPLES", "2")
-    assert profile_for("hd", {"RENDERFARM_HD_SAMPLES": "32"}).samples == 32
-    assert profile_for("hd", {}).samples == 32
+    assert FarmSettings.from_env({"RENDERFARM_HD_SAMPLES": "32"}).profile("hd").samples == 32
+    assert FarmSettings.from_env({}).profile("hd").samples == 32
 
 
 def test_blank_value_means_default() -> None:
-    assert profile_for("preview", {"RENDERFARM_PREVIEW_SAMPLES": "  "}).samples == 16
+    assert FarmSettings.from_env({"RENDERFARM_PREVIEW_SAMPLES": "  "}).profile("preview").samples == 16
 
 
 @pytest.mark.parametrize("raw", ["abc", "0", "-3", "1.5", "4097", "1e3", "sixteen"])
 def test_bad_environment_value_is_a_clear_error(raw: str) -> None:
     with pytest.raises(RenderConfigError) as info:
-        profiles_from_env({"RENDERFARM_HD_SAMPLES": raw})
+        FarmSettings.from_env({"RENDERFARM_HD_SAMPLES": raw})
     message = str(info.value)
     assert "RENDERFARM_HD_SAMPLES" in message
     assert repr(raw) in message
     assert "1 to 4096" in message
+    assert "the default, 32" in message
     assert isinstance(info.value, RenderfarmError)
 
 
 def test_unknown_quality() -> None:
     with pytest.raises(RenderConfigError, match=r"unknown render quality: 'ultra' \(choose one of: preview, hd\)"):
-        profile_for("ultra", {})
+        FarmSettings().profile("ultra")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,165 @@
+"""The rq job a render worker runs (`render_job`, JobManager's RENDER_FUNC): render one mjid with the host's
+Blender and record the outcome in mq.
+
+The job runs in rq's work horse, a fork of the worker's main process, and takes what it needs from the
+RenderWorker that forked it (renderfarm.worker.render_worker.current_worker): its settings, its warm Blender
+and the database connection it lends. Run by a worker that is no RenderWorker (rq's own CLI), it reads its
+settings from the RENDERFARM_* environment (renderfarm.settings) and connects on its own.
+
+The image is written to the renders folder, which the api container mounts and serves; the worker never talks
+to the API. The job is started only through the rq job that carries it (`JobManager.mark_started` is fenced by
+it). While Blender runs, a thread keeps the job's heartbeat alive (renderfarm.worker.liveness), so a worker that
+vanishes (SIGKILL, a VM gone without notice) is found by the reaper and its job retried on sq. A worker told to
+stop (SIGTERM, the cloud's preemption notice) gets ShutDownImminentException here: Blender is stopped and the
+job is put on sq at once, recorded as preempted; once the render is done, the notice no longer interrupts the
+recording of the outcome (`recording_only`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from rq import get_current_job
+from rq.exceptions import ShutDownImminentException
+from rq.job import Job
+
+from renderfarm.errors import (
+    BlenderRenderError,
+    BlenderVanished,
+    RenderConfigError,
+    RenderfarmError,
+    StaleAttempt,
+    StaleRqJob,
+)
+from renderfarm.jobs import RENDER_FUNC, JobManager
+from renderfarm.keys import Outcome, QueueName
+from renderfarm.quality import RenderProfile
+from renderfarm.scene import Scene, parse_scene
+from renderfarm.settings import FarmSettings
+from renderfarm.worker.blender_process import render_scene
+from renderfarm.worker.liveness import Heartbeat
+from renderfarm.worker.own_manager import close_manager, open_manager
+from renderfarm.worker.render_worker import current_worker
+
+log = logging.getLogger("renderfarm.worker.job")
+# Blender ended by one of these was interrupted (the machine is going away), not failed by the scene.
+INTERRUPTING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP})
+
+Renderer = Callable[[Scene, RenderProfile, Path], object]
+
+
+def image_name(mjid: str, attempt: int) -> str:
+    """One file per attempt: the job records the one its current attempt made, so a worker that was
+    presumed lost and comes back can never replace the image the job points to."""
+    return f"{mjid}-{attempt}.png"
+
+
+def job_settings() -> FarmSettings:
+    """The settings of the RenderWorker running this job; without one, the RENDERFARM_* environment's."""
+    worker = current_worker()
+    return worker.settings if worker is not None else FarmSettings.from_env()
+
+
+def interrupted(exc: BlenderRenderError) -> bool:
+    """Blender was killed (or its warm process vanished) rather than failing on the scene."""
+    if isinstance(exc, BlenderVanished):
+        return exc.returncode is None or exc.returncode < 0
+    return exc.returncode is not None and exc.returncode < 0 and -exc.returncode in INTERRUPTING_SIGNALS
+
+
+def render_with_blender(scene: Scene, profile: RenderProfile, out: Path) -> None:
+    """The worker's warm Blender when it has one for this job, else a Blender process for this job."""
+    worker = current_worker()
+    warm_blender = worker.warm_for_job() if worker is not None else None
+    if warm_blender is not None:
+        warm_blender.render(scene, profile, out)
+    else:
+        render_scene(scene, profile, out, blender=job_settings().blender_path)
+
+
+def render_job(mjid: str) -> str:
+    """Run by rq in the worker's work horse. Returns what became of the job."""
+    return run_job(mjid, render_with_blender)
+
+
+def horse_manager(job: Job, settings: FarmSettings) -> tuple[JobManager, Callable[[], None]]:
+    """The JobManager for this job and what to call when the job is done with it.
+
+    In a RenderWorker's work horse: the job's own Redis connection (rq's, already open) and the database
+    connection the worker lends its horses (renderfarm.worker.lent_database). Elsewhere: connections of its own."""
+    worker = current_worker()
+    lent = worker.lent if worker is not None else None
+    func = job.func_name or RENDER_FUNC  # a retry on sq runs the same function
+    if lent is not None:
+        manager = JobManager(
+            job.connection,
+            lent.borrow(),
+            heartbeat_ttl=settings.reliability.heartbeat_ttl,
+            max_lost=settings.reliability.max_lost,
+            job_func=func,
+        )
+        return manager, lent.release
+    manager = open_manager(settings)
+    manager.job_func = func
+    return manager, lambda: close_manager(manager)
+
+
+def recording_only() -> None:
+    """From here on the work horse only records the job's outcome (in Redis, then Postgres: milliseconds). A
+    shutdown notice now (rq's HerokuWorker tells the horse with SIGRTMIN, which raises ShutDownImminentException
+    wherever the horse is) must not cut that short between the two, or in the middle of a database call."""
+    with contextlib.suppress(ValueError):  # not a process's main thread (no work horse): nothing to ignore
+        signal.signal(signal.SIGRTMIN, signal.SIG_IGN)
+
+
+def run_job(mjid: str, render: Renderer) -> str:
+    """The JobManager side of a job: started, heartbeat, render, then finished / failed / requeued."""
+    job = get_current_job()
+    if job is None:
+        raise RenderfarmError(f"job {mjid}: run_job runs inside an rq job (a worker's work horse), not on its own")
+    settings = job_settings()
+    manager, done = horse_manager(job, settings)
+    try:
+        worker = job.worker_name or f"pid-{os.getpid()}"
+        view = manager.mark_started(mjid, worker, rq_job=job.id)
+        attempt = view.attempts
+        requeue_reason = Outcome.PREEMPTED if view.queue == QueueName.PREEMPTIBLE else Outcome.INTERRUPTED
+        beat = Heartbeat(manager, mjid, attempt)
+        beat.start()
+        out = settings.renders_dir / image_name(mjid, attempt)
+        try:
+            render(parse_scene(manager.scene(mjid)), settings.profile(view.quality), out)
+        except ShutDownImminentException:
+            recording_only()
+            manager.retry_on_standard(mjid, requeue_reason, attempt=attempt)
+            return f"{requeue_reason}: requeued on sq"
+        except BlenderRenderError as exc:
+            recording_only()
+            if interrupted(exc):
+                manager.retry_on_standard(mjid, Outcome.INTERRUPTED, attempt=attempt, error=str(exc))
+                return f"interrupted ({exc.reason}): requeued on sq"
+            manager.mark_failed(mjid, str(exc), attempt=attempt)
+            raise
+        except (RenderConfigError, ValueError) as exc:
+            recording_only()
+            manager.mark_failed(mjid, str(exc), attempt=attempt)
+            raise
+        finally:
+            beat.stop()
+        recording_only()
+        try:
+            manager.mark_finished(mjid, out.name, attempt=attempt)
+        except StaleAttempt:
+            out.unlink(missing_ok=True)
+            raise
+        return "finished"
+    except (StaleAttempt, StaleRqJob) as exc:
+        log.warning("%s: the job moved on without this worker; its result is dropped", exc)
+        return "stale"
+    finally:
+        done()

@@ -1,0 +1,185 @@
+"""The render worker: an rq worker (HerokuWorker) that serves pq and sq with the render job
+(renderfarm.worker.job), and `serve()`, which runs one until it is stopped.
+
+What it holds, and hands to each work horse it forks (the job finds it with `current_worker()`):
+- its settings (renderfarm.settings.FarmSettings), given as an object by whoever starts it;
+- its warm Blender (renderfarm.worker.warm_blender), made sure to be alive before each fork;
+- one database connection lent to its horses in turn (renderfarm.worker.lent_database);
+- a claim on each job from the moment it takes it off its queue (renderfarm.worker.liveness.Claim): the orphan
+  rescue never races a worker whose warm Blender is still starting.
+Beside it run the reaper (renderfarm.reaper) and, on a cloud VM, the preemption watcher
+(renderfarm.worker.preemption).
+
+Stopping: SIGTERM or Ctrl+C (what a cloud VM's shutdown sends, or the preemption watcher raises) stops
+Blender at once and puts the job on sq, recorded as preempted; then the worker exits. rq's HerokuWorker
+does the signalling (the horse ignores SIGTERM and is told with SIGRTMIN); we make the notice immediate.
+Draining: DRAIN_SIGNAL (SIGUSR1, what `invoke worker --reload` sends on a code change) lets the job in hand
+finish, then the worker exits: rq's own warm shutdown, without HerokuWorker's stop of the horse.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from rq import Queue
+from rq.utils import now
+from rq.worker import HerokuWorker
+
+from renderfarm.errors import ServiceUnavailable
+from renderfarm.jobs import JobManager
+from renderfarm.reaper import Reaper
+from renderfarm.settings import FarmSettings
+from renderfarm.worker.lent_database import LentDatabase
+from renderfarm.worker.liveness import Claim
+from renderfarm.worker.own_manager import close_manager, open_manager
+from renderfarm.worker.preemption import PreemptionWatcher
+from renderfarm.worker.warm_blender import WarmBlender
+
+log = logging.getLogger("renderfarm.worker.render_worker")
+DRAIN_SIGNAL = signal.SIGUSR1  # finish the job in hand, then stop (invoke worker --reload)
+
+
+class RenderWorker(HerokuWorker):
+    imminent_shutdown_delay = 0  # the notice stops Blender and requeues the job at once
+
+    def __init__(
+        self,
+        *args: Any,
+        settings: FarmSettings | None = None,
+        manager: JobManager | None = None,
+        warm_blender: WarmBlender | None = None,
+        lent: LentDatabase | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """rq's arguments, and what the worker lends its horses (all optional: rq makes workers of this class
+        from Redis, e.g. Worker.all, with rq's arguments alone)."""
+        super().__init__(*args, **kwargs)
+        self.settings = settings if settings is not None else FarmSettings()
+        self.manager = manager  # the main process's own: the claims
+        self.warm_blender = warm_blender
+        self.lent = lent
+        self._warm_for_job: WarmBlender | None = None
+
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        signal.signal(DRAIN_SIGNAL, self.request_drain)
+
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()
+        signal.signal(DRAIN_SIGNAL, signal.SIG_IGN)  # a drain never reaches the render: the job finishes
+
+    def request_drain(self, signum: int, frame: Any) -> None:
+        """Stop after the job in hand (at once when idle): rq's warm shutdown (`_shutdown`: the loop ends after
+        the current horse, or StopRequested when there is none), without the SIGRTMIN that HerokuWorker's
+        request_stop sends the horse. Ctrl+C or SIGTERM during a drain still stop the render as usual."""
+        log.info("worker %s: drain requested: finishing the job in hand, then stopping", self.name)
+        self._shutdown_requested_date = now()
+        self._shutdown()
+
+    def warm_for_job(self) -> WarmBlender | None:
+        """In a work horse: the warm Blender made ready for this job, if it is alive."""
+        warm = self._warm_for_job
+        return warm if warm is not None and warm.alive() else None
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        global _current
+        _current = self
+        try:
+            return bool(super().work(*args, **kwargs))
+        finally:
+            _current = None
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        # Claimed first: the warm Blender may take long to start, and the orphan rescue must wait for it.
+        mjid = job.args[0] if job.args and isinstance(job.args[0], str) else None
+        claim = Claim(self.manager, mjid, job.id) if mjid is not None and self.manager is not None else None
+        if claim is not None:
+            claim.start()
+        try:
+            return super().execute_job(job, queue)
+        finally:
+            if claim is not None:
+                claim.stop()
+            if self.lent is not None:
+                self.lent.after_horse()  # the horse has ended: a connection it did not leave clean goes now
+
+    def fork_work_horse(self, job: Any, queue: Any) -> Any:
+        # The horse inherits the warm Blender: make sure it is alive (and not worn out) first.
+        self._warm_for_job = None
+        if self.warm_blender is not None:
+            try:
+                self.warm_blender.ensure()
+                self.warm_blender.served += 1
+                self._warm_for_job = self.warm_blender
+            except Exception as exc:  # noqa: BLE001 - fall back to one Blender per job, and say so
+                log.warning("no warm Blender (%s): this job starts its own", exc)
+        if self.lent is not None:
+            self.lent.before_horse()
+        # Objects that exist now are never collected in the horse: its garbage collector does not walk
+        # (and so copy, page by page) the main process's whole heap.
+        gc.freeze()
+        return super().fork_work_horse(job, queue)
+
+
+# The RenderWorker working in this process. A module-level slot because rq calls the job function by name with
+# only the mjid: the worker's main process sets it while it works, and each forked work horse inherits it.
+_current: RenderWorker | None = None
+
+
+def current_worker() -> RenderWorker | None:
+    return _current
+
+
+def serve(
+    settings: FarmSettings,
+    queues: Sequence[str],
+    *,
+    name: str,
+    burst: bool = False,
+    warm_blender: WarmBlender | None = None,
+    preemption: PreemptionWatcher | None = None,
+) -> None:
+    """Serve the queues (in that order) until stopped (or, with burst, until they are empty): a RenderWorker
+    with its warm Blender (None: one Blender process per job), its lent database connection, the reaper and the
+    preemption watcher. ServiceUnavailable when Redis does not answer; Postgres away is not fatal (each job
+    then connects on its own)."""
+    manager = open_manager(settings)
+    try:
+        manager.redis.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis is the same: it does not answer
+        close_manager(manager)
+        where = f"{settings.service.redis_host}:{settings.service.redis_port}"
+        raise ServiceUnavailable(f"Redis at {where} does not answer ({exc})") from exc
+    settings.renders_dir.mkdir(parents=True, exist_ok=True)
+    lent = LentDatabase(settings.service)
+    try:
+        lent.open(warm=lambda sessions: JobManager(manager.redis, sessions).warm_statements())
+    except Exception as exc:  # noqa: BLE001 - not fatal: each job then connects on its own
+        log.warning("no database connection to lend the work horses (%s): each job connects itself", exc)
+    helpers: list[Reaper | PreemptionWatcher] = [Reaper(manager, settings.reliability.reap_interval)]
+    if preemption is not None:
+        helpers.append(preemption)
+    for h in helpers:
+        h.start()
+    try:
+        worker = RenderWorker(
+            [Queue(q, connection=manager.redis) for q in queues],
+            connection=manager.redis,
+            name=name,
+            settings=settings,
+            manager=manager,
+            warm_blender=warm_blender,
+            lent=lent,
+        )
+        worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
+    finally:
+        for h in helpers:
+            h.stop()
+        if warm_blender is not None:
+            warm_blender.stop()
+        lent.close()
+        close_manager(manager)
