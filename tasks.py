@@ -227,9 +227,7 @@ def worker(c: Context, queues: str = "pq,sq", burst: bool = False, reload: bool 
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     if reload and burst:
-        raise ConfigError(
-            "--reload and --burst together: a burst worker ends when the queues are empty", hint="pick one"
-        )
+        raise ConfigError("--reload with --burst: a burst worker ends when its queues are empty", hint="pick one")
     if reload:
         reload_worker(_settings(), names, _console())
     else:

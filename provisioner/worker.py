@@ -169,14 +169,18 @@ def reload_worker(settings: Settings, queues: list[str], console: Console) -> No
     argv = [sys.executable, "-m", "invoke", "worker", "--queues", ",".join(names)]
     env = {**os.environ, **settings.as_environment()}
     stop = threading.Event()
-    stopped_by: list[int] = []
+    current: list[subprocess.Popen[bytes]] = []
 
     def on_sigterm(signum: int, frame: object) -> None:
-        stopped_by.append(signum)
+        # SIGTERM came to us alone (Ctrl+C reaches the child from the terminal): pass it on at once, even while
+        # a drain is awaited, so the worker stops as `invoke worker` does on SIGTERM.
         stop.set()
+        if current and current[-1].poll() is None:
+            current[-1].send_signal(signal.SIGTERM)
 
     def start() -> subprocess.Popen[bytes]:
         child = subprocess.Popen(argv, cwd=REPO_ROOT, env=env)
+        current.append(child)
         console.print(f"worker --reload: worker process {child.pid} started; watching {watched} for .py changes")
         return child
 
@@ -189,9 +193,10 @@ def reload_worker(settings: Settings, queues: list[str], console: Console) -> No
             stop_event=stop,
             rust_timeout=500,
             yield_on_timeout=True,
-            raise_interrupt=False,
         )
         for changes in changes_seen:
+            if stop.is_set():
+                break
             code = child.poll()
             if code is not None:
                 raise RenderdevError(
@@ -207,10 +212,16 @@ def reload_worker(settings: Settings, queues: list[str], console: Console) -> No
             )
             child.send_signal(DRAIN_SIGNAL)
             child.wait()
+            if stop.is_set():
+                break
             child = start()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if child.poll() is None:
-            if stopped_by:  # SIGTERM came to us alone: pass it on (Ctrl+C reached the child from the terminal)
+            if stop.is_set():  # SIGTERM came while it was being started: it has not been told
                 child.send_signal(signal.SIGTERM)
-            child.wait()
+    except KeyboardInterrupt:
+        # Ctrl+C: the terminal told the child too; pass it on in case it was sent to us alone (rq ignores the
+        # same signal twice within a second, so the job is requeued once either way).
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    finally:
+        child.wait()  # stopped by the terminal's Ctrl+C or our SIGTERM: its job is requeued, as without --reload
+        signal.signal(signal.SIGTERM, previous)
