@@ -23,6 +23,7 @@ import redis
 from docker import DockerClient
 from sqlalchemy import create_engine, text
 
+from provisioner.aliases import aliases_path
 from provisioner.config import REPO_ROOT, Settings
 from provisioner.credits import read_token, token_file
 from provisioner.dockerapi import project_containers, remove_by_label
@@ -115,9 +116,10 @@ def test_status_masks_the_secrets_and_never_prints_a_password(stack: Stack) -> N
 
 def test_aliases_and_rc_files_hold_no_password(stack: Stack) -> None:
     s = stack.settings
-    texts = {p: p.read_text() for p in [s.aliases_file, *s.rc_files] if p.exists()}
-    assert s.aliases_file in texts and s.rc_files[0] in texts
-    assert "renderdev_redis_cli" in texts[s.aliases_file]
+    aliases = aliases_path(s)  # the project's own file (aliases-<project>.sh: not the default project)
+    texts = {p: p.read_text() for p in [aliases, *s.rc_files] if p.exists()}
+    assert aliases in texts and s.rc_files[0] in texts
+    assert "renderdev_redis_cli" in texts[aliases]
     for path, body in texts.items():
         assert not leaks(stack, body), path
 
@@ -185,7 +187,7 @@ def test_the_api_token_is_shown_once_kept_private_and_stored_only_hashed(
     status = run_invoke(stack.env, "status", "--json")
     for out in (again, status):
         assert token not in out.stdout + out.stderr
-    for p in [s.aliases_file, *s.rc_files, s.secrets_file]:
+    for p in [aliases_path(s), *s.rc_files, s.secrets_file]:
         if p.exists():
             assert token not in p.read_text(), p
     for c in project_containers(docker_client, s.project):
