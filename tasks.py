@@ -116,7 +116,7 @@ def setup(
 @task(help={"dry_run": BLENDER_HELP["dry_run"]})
 @edge
 def images(c: Context, dry_run: bool = False) -> None:
-    """Build the base image (pulled, or bootstrapped from Debian) and the redis, db and api images."""
+    """Build the base image (pulled, or bootstrapped from Debian) and the redis, db, api and worker images."""
     from provisioner.images import plan_images
     from provisioner.plan import report, run_steps
 
@@ -204,11 +204,13 @@ def down(
 @task(help={"json": "print the checks as JSON"})
 @edge
 def status(c: Context, json: bool = False) -> None:
-    """Show each check (engine, images, services, Blender, aliases), its state and the fix; exit 1 if wrong."""
-    from provisioner.status import collect_checks, show_status
+    """Show each check (engine, images, services, Blender, aliases), its state and the fix; exit 1 if wrong; then
+    the render workers rq knows (host and container)."""
+    from provisioner.status import collect_checks, collect_workers, show_status
 
     console, settings = _console(), _settings()
-    if not show_status(collect_checks(settings, console), console, as_json=json, settings=settings):
+    checks, workers = collect_checks(settings, console), collect_workers(settings)
+    if not show_status(checks, console, as_json=json, settings=settings, workers=workers):
         raise Exit(code=1)
 
 
@@ -232,6 +234,21 @@ def worker(c: Context, queues: str = "pq,sq", burst: bool = False, reload: bool 
         reload_worker(_settings(), names, _console())
     else:
         run_worker(_settings(), names, burst=burst)
+
+
+@task(
+    help={
+        "replicas": "how many worker containers to run, 0 to 32 (0 stops them: their jobs go back on sq)",
+        "queues": "comma-separated queues they serve: pq (preemptible), sq (standard); default both, pq first",
+        "dry_run": BLENDER_HELP["dry_run"],
+    }
+)
+@edge
+def workers(c: Context, replicas: str | None = None, queues: str = "pq,sq", dry_run: bool = False) -> None:
+    """Scale the render workers in containers (compose service `worker`, Blender inside) to N on this host."""
+    from provisioner.workers import scale_workers
+
+    scale_workers(_client(), _settings(), _console(), replicas=replicas, queues=queues, dry_run=dry_run)
 
 
 @task(

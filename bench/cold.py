@@ -18,7 +18,7 @@ from typing import Any
 from bench.proc import run
 from bench.stack import SETUP_TIMEOUT, BenchStack, Log, environment, remove_images, remove_project, settings_under
 from bench.stack import stack_values as make_values
-from provisioner.config import SERVICES
+from provisioner.images import BUILT
 
 NAME = "cold_setup"
 
@@ -35,7 +35,7 @@ def measure(stack: BenchStack, *, log: Log) -> dict[str, Any]:
     )
     env = environment(values, root)
     settings = settings_under(env)
-    images = [settings.image(svc) for svc in SERVICES] + [settings.base_image]
+    images = [settings.image(name) for name in BUILT] + [settings.base_image]  # the worker: if anything made it
     log(f"  cold setup: compose project {settings.project}, images {', '.join(images)}")
     try:
         seconds, done = run([sys.executable, "-m", "invoke", "setup"], env=env, timeout=SETUP_TIMEOUT)

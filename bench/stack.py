@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from bench.errors import BenchError
 from bench.mirror import Mirror, loopback_mirror
 from bench.proc import descendants, free_port, run, tail
-from provisioner.config import REPO_ROOT, SERVICES, Settings, load_settings
+from provisioner.config import REPO_ROOT, Settings, load_settings
+from provisioner.images import BUILT
 
 if TYPE_CHECKING:
     import docker
@@ -197,11 +198,11 @@ def started_at(pid: int) -> str | None:
 
 
 def tag_images(client: docker.DockerClient, settings: Settings, from_tag: str = "dev") -> list[str]:
-    """Give the developer's images (`<prefix>/<svc>:dev`) the stack's tag as a second name."""
+    """Give the developer's images (`<prefix>/<svc>:dev`, the worker's too) the stack's tag as a second name."""
     from provisioner.images import find_image
 
     done = []
-    for svc in SERVICES:
+    for svc in BUILT:
         image = find_image(client, f"{settings.image_prefix}/{svc}:{from_tag}")
         if image is not None and find_image(client, settings.image(svc)) is None:
             image.tag(f"{settings.image_prefix}/{svc}", tag=settings.image_tag)
@@ -251,7 +252,7 @@ def bench_stack(client: docker.DockerClient, log: Log) -> Iterator[BenchStack]:
             values = stack_values(root / "stack", mirror, project=f"rdbench-{ident}", image_tag=f"bench-{ident}")
             env = environment(values, root / "stack")
             settings = settings_under(env)
-            images = [settings.image(svc) for svc in SERVICES]
+            images = [settings.image(name) for name in BUILT]  # the worker image too, if the developer has one
             tag_images(client, settings)
             stack = BenchStack(root, settings, env, mirror, client, log)
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from provisioner import proc
@@ -20,6 +21,8 @@ from provisioner.secrets import secrets_dir
 UP_TIMEOUT = 900.0  # `up` waits for redis and db to be healthy before it starts api
 DOWN_TIMEOUT = 300.0
 VERSION_TIMEOUT = 30.0
+WORKER_SERVICE = "worker"  # compose.yaml's render worker service, under the profile below (`invoke workers`)
+WORKERS_PROFILE = "workers"
 INSTALL_HINT = (
     "install Compose v2 (the `docker compose` plugin; see README 'Prerequisites'),"
     " or Compose v1 (apt-get install docker-compose), then re-run"
@@ -83,9 +86,10 @@ def _probe_standalone(search: str) -> ComposeDriver | None:
     return ComposeDriver((binary,), version) if version else None
 
 
-def compose_env(settings: Settings) -> dict[str, str]:
-    """The variables compose.yaml reads. Pure: the same settings give the same mapping."""
-    env = {f"RENDERDEV_{svc.upper()}_IMAGE": settings.image(svc) for svc in SERVICES}
+def compose_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables compose.yaml reads. Pure: the same settings (and `extra`) give the same mapping. `extra`: the
+    worker service's own variables (provisioner.workers), which its containers' config hash covers too."""
+    env = {f"RENDERDEV_{svc.upper()}_IMAGE": settings.image(svc) for svc in (*SERVICES, WORKER_SERVICE)}
     env.update(
         RENDERDEV_BIND_HOST=settings.bind_host,
         RENDERDEV_REDIS_PORT=str(settings.redis_port),
@@ -102,6 +106,7 @@ def compose_env(settings: Settings) -> dict[str, str]:
     )
     if settings.live:
         env["RENDERDEV_LIVE_SOURCE"] = str(settings.live_source)
+    env.update(extra or {})
     env[CONFIG_HASH_VAR] = config_hash(settings, env)
     return env
 
@@ -130,13 +135,17 @@ def compose_argv(driver: ComposeDriver, settings: Settings, *args: str) -> list[
 
 
 def run_compose(
-    settings: Settings, *args: str, driver: ComposeDriver | None = None, timeout: float = UP_TIMEOUT
+    settings: Settings,
+    *args: str,
+    driver: ComposeDriver | None = None,
+    timeout: float = UP_TIMEOUT,
+    extra_env: Mapping[str, str] | None = None,
 ) -> str:
     """Run one compose command for the settings' project; return its output (compose logs to stderr)."""
     drv = driver or detect_driver()
     done = proc.run(
         compose_argv(drv, settings, *args),
-        env=compose_env(settings),
+        env=compose_env(settings, extra_env),
         cwd=settings.compose_dir,
         timeout=timeout,
         hint=f"check {settings.compose_file} and the containers' logs"
@@ -152,6 +161,7 @@ def up(settings: Settings, *, driver: ComposeDriver | None = None, force_recreat
 
 
 def down(settings: Settings, *, volumes: bool, driver: ComposeDriver | None = None) -> None:
-    """Remove the project's containers and network (and its named volumes with volumes=True)."""
-    args = ["down", "--remove-orphans"] + (["--volumes"] if volumes else [])
+    """Remove the project's containers and network (and its named volumes with volumes=True). The workers profile is
+    named so that every compose version removes the worker containers too (they stop as a preemption: SIGTERM)."""
+    args = ["--profile", WORKERS_PROFILE, "down", "--remove-orphans"] + (["--volumes"] if volumes else [])
     run_compose(settings, *args, driver=driver, timeout=DOWN_TIMEOUT)

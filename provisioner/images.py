@@ -1,11 +1,16 @@
-"""The project's images: a Debian base image, then redis, db and api built on it from compose/<name>/.
+"""The project's images: a Debian base image, then redis, db, api and worker built on it from compose/<name>/.
 
 The base is pulled (`debian:bookworm-slim`) where a registry answers, and otherwise bootstrapped
 from Debian's mirror with debootstrap and imported, so this works air-gapped and in CI.
 
 Every built image carries the label `org.renderdev.context-hash`: a digest of its build context
-(its compose/<name>/ folder, the build args, the base image's id and, for api, the wheelhouse's
+(its compose/<name>/ folder, the build args, the base image's id and, for api and worker, the wheelhouse's
 inputs). An image whose label matches is "ok" and is not rebuilt.
+
+The worker image (a render worker with Blender) is built from compose/worker/Dockerfile with compose/ as its
+context, so that it installs the api's wheelhouse. Its Blender is the version the api image declares (the api
+Dockerfile's `ARG BLENDER_VERSION`), from the Debian package blender_versions.yaml pins for that version; a version
+without such a pin cannot be built yet (installing a release archive in the image is a later step).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +31,9 @@ from docker.utils import parse_repository_tag
 from rich.console import Console
 
 from provisioner import proc, wheelhouse
-from provisioner.config import REPO_ROOT, Settings
+from provisioner.config import REPO_ROOT, SERVICES, Settings
 from provisioner.digest import digest_tree
-from provisioner.errors import DockerError
+from provisioner.errors import BlenderError, DockerError
 from provisioner.plan import Outcome, Step, StepState, run_steps
 
 if TYPE_CHECKING:
@@ -35,7 +41,13 @@ if TYPE_CHECKING:
     from docker.models.images import Image
 
 HASH_LABEL = "org.renderdev.context-hash"
-BUILT = ("redis", "db", "api")  # built in this order, each FROM the base image
+BUILT = ("redis", "db", "api", "worker")  # built in this order, each FROM the base image
+# What the stack runs: `invoke setup` and the test kit build these. The worker image (Blender inside, about 1.3 GB
+# and 4-5 minutes cold) only when asked: `invoke images` (all of BUILT) or `invoke workers`.
+STACK_IMAGES = SERVICES
+WHEELHOUSE_IMAGES = ("api", "worker")  # images that install the api's wheelhouse (compose/api/wheels/)
+IMAGE_DISTRO = "debian-12"  # the base image's distro, as blender_versions.yaml's apt pins name it
+_BLENDER_ARG = re.compile(r"^ARG\s+BLENDER_VERSION=(\S+)\s*$", re.MULTILINE)
 SUITE = "bookworm"
 BUILD_TIMEOUT = 3600  # seconds without a byte from the engine before a build is given up
 BOOTSTRAP_TIMEOUT = 1800.0
@@ -57,17 +69,66 @@ def short_id(image_id: str) -> str:
 
 
 def context_dir(settings: Settings, name: str) -> Path:
+    """The folder that holds the image's Dockerfile (and, except for worker, is its whole build context)."""
     return settings.compose_dir / name
 
 
-def build_args(settings: Settings) -> dict[str, str]:
-    return {"BASE_IMAGE": settings.base_image}
+def build_context(settings: Settings, name: str) -> tuple[Path, str | None]:
+    """What the engine is sent: the context folder, and the Dockerfile's path in it (None: its own Dockerfile).
+    The worker's context is compose/, for the api's wheelhouse."""
+    if name == "worker":
+        return settings.compose_dir, "worker/Dockerfile"
+    return context_dir(settings, name), None
+
+
+def api_blender_version(settings: Settings) -> str:
+    """The Blender version the api image declares: its Dockerfile's `ARG BLENDER_VERSION=X.Y.Z` (what
+    `invoke blender` reads back from the api container)."""
+    dockerfile = context_dir(settings, "api") / "Dockerfile"
+    try:
+        found = _BLENDER_ARG.search(dockerfile.read_text())
+    except OSError as exc:
+        raise DockerError(f"cannot read {dockerfile}: {exc.strerror}") from exc
+    if found is None:
+        raise DockerError(
+            f"{dockerfile} declares no Blender version (no `ARG BLENDER_VERSION=X.Y.Z` line)",
+            hint=f"add `ARG BLENDER_VERSION=3.4.1` to {dockerfile}, then re-run: invoke images",
+        )
+    return found.group(1)
+
+
+def worker_blender(settings: Settings) -> tuple[str, str]:
+    """(version, apt spec) of the worker image's Blender: the api's declared version and the Debian package that
+    blender_versions.yaml pins for it on the base image's distro. BlenderError when there is no such package."""
+    from provisioner.blender.versions import load_versions
+
+    version = api_blender_version(settings)
+    pin = load_versions(settings.blender_versions_file).entry(version).apt
+    if pin is None or pin.distro not in (None, IMAGE_DISTRO):
+        pinned = "none" if pin is None else f"{pin.spec} for {pin.distro}"
+        raise BlenderError(
+            f"cannot build {settings.image('worker')}: the api image declares Blender {version}"
+            f" ({context_dir(settings, 'api') / 'Dockerfile'}), and {settings.blender_versions_file} pins no"
+            f" {IMAGE_DISTRO} package of it (apt: {pinned}); the worker image installs Blender from Debian's package"
+            " only (from a release archive: not yet)",
+            hint="declare a version Debian 12 packages (3.4.1) in compose/api/Dockerfile (ARG BLENDER_VERSION), or"
+            f" pin its package under `apt:` in {settings.blender_versions_file}; then re-run: invoke images",
+        )
+    return version, pin.spec
+
+
+def build_args(settings: Settings, name: str | None = None) -> dict[str, str]:
+    args = {"BASE_IMAGE": settings.base_image}
+    if name == "worker":
+        version, package = worker_blender(settings)
+        args.update(BLENDER_VERSION=version, BLENDER_PACKAGE=package)
+    return args
 
 
 def context_hash(settings: Settings, name: str, base_id: str, *, root: Path = REPO_ROOT) -> str:
     """The digest an up-to-date image `name` carries in its HASH_LABEL. Pure: reads files only."""
-    extra = {"base_image_id": base_id, **{f"arg {k}": v for k, v in build_args(settings).items()}}
-    if name == "api":
+    extra = {"base_image_id": base_id, **{f"arg {k}": v for k, v in build_args(settings, name).items()}}
+    if name in WHEELHOUSE_IMAGES:
         extra["wheelhouse"] = wheelhouse.inputs_digest(settings, root)
     return digest_tree(context_dir(settings, name), exclude=("wheels",), extra=extra)
 
@@ -75,18 +136,24 @@ def context_hash(settings: Settings, name: str, base_id: str, *, root: Path = RE
 # ---------------------------------------------------------------- plan
 
 
-def plan_images(client: docker.DockerClient, settings: Settings, console: Console) -> list[Step]:
-    """Base image, api wheelhouse, then redis, db, api: each "ok" or what would change."""
+def plan_images(
+    client: docker.DockerClient, settings: Settings, console: Console, *, only: Sequence[str] = BUILT
+) -> list[Step]:
+    """Base image, api wheelhouse, then redis, db, api, worker (or those of `only`): each "ok" or what would change."""
     steps = [_plan_base(client, settings, console), wheelhouse.plan_wheelhouse(settings, console)]
     base = find_image(client, settings.base_image)
     for name in BUILT:
-        steps.append(_plan_build(client, settings, console, name, base.id if base else None))
+        if name in only:
+            steps.append(_plan_build(client, settings, console, name, base.id if base else None))
     return steps
 
 
-def ensure_images(client: docker.DockerClient, settings: Settings, console: Console) -> Outcome:
+def ensure_images(
+    client: docker.DockerClient, settings: Settings, console: Console, *, only: Sequence[str] = BUILT
+) -> Outcome:
     """Plan, show the plan, and build what is missing or out of date. A second run changes nothing."""
-    return run_steps(console, plan_images(client, settings, console), dry_run=False, heading="Plan: images")
+    steps = plan_images(client, settings, console, only=only)
+    return run_steps(console, steps, dry_run=False, heading="Plan: images")
 
 
 def _plan_base(client: docker.DockerClient, settings: Settings, console: Console) -> Step:
@@ -112,6 +179,11 @@ def _plan_build(
     def apply() -> str:
         return build_image(client, settings, console, name)
 
+    if name == "worker":
+        try:
+            worker_blender(settings)
+        except (BlenderError, DockerError) as exc:
+            return Step("images", title, StepState.CHANGE, f"cannot build: {exc.message}", apply=apply)
     if base_id is None:
         return Step("images", title, StepState.CHANGE, "build, once the base image is there", apply=apply)
     image = find_image(client, tag)
@@ -120,8 +192,10 @@ def _plan_build(
     if image.labels.get(HASH_LABEL) == context_hash(settings, name, base_id):
         return Step("images", title, StepState.OK, short_id(image.id))
     inputs = f"{context_dir(settings, name)}, the base image"
-    if name == "api":
+    if name in WHEELHOUSE_IMAGES:
         inputs += ", requirements.txt or the renderfarm sources"
+    if name == "worker":
+        inputs += ", the declared Blender"
     return Step("images", title, StepState.CHANGE, f"rebuild: {inputs} changed since {short_id(image.id)}", apply=apply)
 
 
@@ -209,16 +283,19 @@ def build_image(client: docker.DockerClient, settings: Settings, console: Consol
             f"cannot build {settings.image(name)}: the base image {settings.base_image} is missing",
             hint="invoke images",
         )
-    if name == "api" and wheelhouse.stale_parts(settings):
+    args = build_args(settings, name)  # first: a worker without a Debian package of its Blender fails here
+    if name in WHEELHOUSE_IMAGES and wheelhouse.stale_parts(settings):
         wheelhouse.build_wheelhouse(settings, console)
     previous = find_image(client, settings.image(name))
     started = time.monotonic()
+    context, dockerfile = build_context(settings, name)
     image_id = docker_build(
         client,
         console,
         tag=settings.image(name),
-        context=context_dir(settings, name),
-        buildargs=build_args(settings),
+        context=context,
+        dockerfile=dockerfile,
+        buildargs=args,
         labels={HASH_LABEL: context_hash(settings, name, base.id)},
     )
     done = f"built {short_id(image_id)} in {time.monotonic() - started:.0f} s"
@@ -248,15 +325,18 @@ def docker_build(
     context: Path,
     buildargs: dict[str, str],
     labels: dict[str, str],
+    dockerfile: str | None = None,
 ) -> str:
-    """Build through the engine's API, printing each Dockerfile step; a failure carries the log's tail."""
+    """Build through the engine's API, printing each Dockerfile step; a failure carries the log's tail.
+    `dockerfile`: its path inside `context` (default: context/Dockerfile)."""
     log: deque[str] = deque(maxlen=LOG_TAIL)
     image_id: str | None = None
-    hint = f"fix {context / 'Dockerfile'} (or what it fetches), then re-run: invoke images"
-    console.print(f"  building {tag} from {context} ...", markup=False)
+    hint = f"fix {context / (dockerfile or 'Dockerfile')} (or what it fetches), then re-run: invoke images"
+    console.print(f"  building {tag} from {context / (dockerfile or 'Dockerfile')} ...", markup=False)
     try:
         stream: Any = client.api.build(
             path=str(context),
+            dockerfile=dockerfile,
             tag=tag,
             buildargs=buildargs,
             labels=labels,

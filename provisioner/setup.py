@@ -37,7 +37,7 @@ def setup(
     """
     from provisioner.aliases import plan_aliases
     from provisioner.blender.provision import plan_blender
-    from provisioner.images import plan_images
+    from provisioner.images import STACK_IMAGES, plan_images
     from provisioner.services import plan_ports
 
     outcome = Outcome()
@@ -46,7 +46,7 @@ def setup(
         # First, so that every phase (compose, the guard, the aliases) uses the same ports.
         settings, ports = plan_ports(client, settings)
         phases: list[tuple[str, Callable[[], list[Step]]]] = [
-            ("images", lambda: plan_images(client, settings, console)),
+            ("images", lambda: plan_images(client, settings, console, only=STACK_IMAGES)),
             ("services", lambda: services_steps(client, settings, dry_run=dry_run, ports=ports)),
             (
                 "blender",

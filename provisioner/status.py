@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -12,6 +13,9 @@ from rich.table import Table
 from provisioner.config import Settings
 from provisioner.errors import RenderdevError
 from provisioner.plan import Check
+
+if TYPE_CHECKING:
+    from provisioner.workers import WorkerRow
 
 
 def collect_checks(settings: Settings, console: Console) -> list[Check]:
@@ -29,12 +33,15 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
         return checks
     from provisioner.blender.provision import check_blender
     from provisioner.firewall import check_guard
-    from provisioner.images import plan_images
+    from provisioner.images import STACK_IMAGES, find_image, plan_images
     from provisioner.services import check_services
 
     version = client.version().get("Version", "?")
     checks.append(Check("docker engine", True, f"engine {version}"))
-    for step in plan_images(client, settings, console):
+    # The worker image is checked once built (`invoke workers` or `invoke images` made it): a stack without
+    # container workers does not need it.
+    worker = ("worker",) if find_image(client, settings.image("worker")) is not None else ()
+    for step in plan_images(client, settings, console, only=STACK_IMAGES + worker):
         checks.append(Check(step.title, not step.needed, step.detail or step.state.value, "invoke images"))
     checks += check_secrets(settings)
     for group in (check_services, check_guard, check_blender):
@@ -46,8 +53,45 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
     return checks
 
 
-def show_status(checks: list[Check], console: Console, *, as_json: bool, settings: Settings | None = None) -> bool:
-    """Print the checks (and, given the settings, where the stack answers); return True when all are right."""
+@dataclass(frozen=True)
+class Workers:
+    """The render workers rq lists in the stack's Redis, or why they could not be listed."""
+
+    rows: list[WorkerRow]
+    note: str | None = None  # e.g. "not listed: the stack's Redis does not answer"
+
+
+def collect_workers(settings: Settings) -> Workers:
+    """Every render worker of the stack (provisioner.workers.list_workers); a note instead when Redis cannot be
+    asked (the checks above then say why)."""
+    from provisioner.dockerapi import docker_client
+    from provisioner.workers import list_workers
+
+    if not settings.secrets_file.exists():
+        return Workers([], "not listed: the stack has no secrets yet (invoke services)")
+    try:
+        client = docker_client()
+    except RenderdevError:
+        client = None
+    try:
+        return Workers(list_workers(client, settings))
+    except Exception as exc:  # noqa: BLE001 - status reports, it never fails on a stack that is down
+        return Workers([], f"not listed: the stack's Redis does not answer ({type(exc).__name__})")
+    finally:
+        if client is not None:
+            client.close()
+
+
+def show_status(
+    checks: list[Check],
+    console: Console,
+    *,
+    as_json: bool,
+    settings: Settings | None = None,
+    workers: Workers | None = None,
+) -> bool:
+    """Print the checks (and, given the settings, where the stack answers, and the render workers); return True when
+    all checks are right (no worker is needed for that)."""
     ok = all(c.ok for c in checks)
     if as_json:
         found: dict[str, object] = {"ok": ok, "checks": [asdict(c) for c in checks]}
@@ -55,6 +99,10 @@ def show_status(checks: list[Check], console: Console, *, as_json: bool, setting
             from provisioner.services import stack_urls
 
             found["urls"] = stack_urls(settings)
+        if workers is not None:
+            found["workers"] = [w.as_dict() for w in workers.rows]
+            if workers.note:
+                found["workers_note"] = workers.note
         sys.stdout.write(json.dumps(found, indent=2) + "\n")
         return ok
     table = Table(show_header=True, header_style="bold")
@@ -67,5 +115,23 @@ def show_status(checks: list[Check], console: Console, *, as_json: bool, setting
         from provisioner.setup import urls_line
 
         console.print(urls_line(settings), highlight=False)
+    if workers is not None:
+        show_workers(workers, console)
     console.print("[green]All good.[/green]" if ok else "[red]Something is wrong: run the fix shown.[/red]")
     return ok
+
+
+def show_workers(workers: Workers, console: Console) -> None:
+    """One line per render worker: name, where it runs, queues, state, its job, the age of its last heartbeat."""
+    if workers.note:
+        console.print(f"Render workers: {workers.note}", highlight=False)
+        return
+    if not workers.rows:
+        console.print("Render workers: none (start some: invoke workers --replicas 2, or invoke worker)")
+        return
+    console.print(f"Render workers: {len(workers.rows)}")
+    for w in workers.rows:
+        age = f"heartbeat {w.heartbeat_age:.0f} s ago" if w.heartbeat_age is not None else "no heartbeat"
+        job = f"job {w.job}" if w.job else "no job"
+        line = f"  {w.name}  {w.where}  {w.queues}  {w.state}  {job}  {age}"
+        console.print(line, highlight=False, markup=False, soft_wrap=True)

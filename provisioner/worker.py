@@ -17,7 +17,6 @@ import logging.handlers
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -84,9 +83,9 @@ def parse_queues(queues: list[str]) -> list[str]:
 
 
 def worker_name(queues: list[str]) -> str:
-    kinds: dict[tuple[str, ...], str] = {(QueueName.PREEMPTIBLE,): "preemptible", (QueueName.STANDARD,): "standard"}
-    kind = kinds.get(tuple(queues), "render")
-    return f"{socket.gethostname()}-{kind}-{os.getpid()}"
+    from renderfarm.worker.render_worker import worker_name as name_of
+
+    return name_of(queues)
 
 
 class _UtcFormatter(logging.Formatter):

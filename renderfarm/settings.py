@@ -24,6 +24,12 @@ own CLI reads them all from its environment the same way.
 | RENDERFARM_BLENDER              | blender        | FarmSettings.blender_path: a job's Blender without a warm one |
 | RENDERFARM_PREVIEW_SAMPLES      | 16             | FarmSettings.samples: the preview profile (renderfarm.quality) |
 | RENDERFARM_HD_SAMPLES           | 32             | FarmSettings.samples: the HD profile                         |
+| RENDERFARM_QUEUES               | pq,sq          | WorkerOptions: what `python -m renderfarm.worker` serves     |
+| RENDERFARM_WARM_BLENDER         | true           | WorkerOptions: keep one Blender loaded (false: one per job)  |
+| RENDERFARM_WARM_MAX_JOBS        | 50             | WorkerOptions: jobs a warm Blender serves before a fresh one |
+
+The last three are read only by a worker that starts from its environment alone (`python -m renderfarm.worker`, the
+worker image's command); a host worker gets them from renderdev's settings.
 
 Every number goes through one parser (`_Variables.number`): a bad value is a RenderConfigError naming the
 variable, the value and the range. Passwords live in files (compose mounts them at /run/secrets/...); they are
@@ -40,9 +46,14 @@ from pathlib import Path
 from sqlalchemy.engine import URL
 
 from renderfarm.errors import RenderConfigError
+from renderfarm.keys import QueueName
 from renderfarm.quality import DEFAULT_PROFILES, MAX_SAMPLES, Quality, RenderProfile, profile_for
 
 PREFIX = "RENDERFARM_"
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class _Variables:
@@ -60,6 +71,17 @@ class _Variables:
     def path(self, name: str) -> Path | None:
         raw = self.raw(name)
         return Path(raw) if raw else None
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.raw(name).lower()
+        if not raw:
+            return default
+        if raw in _TRUE or raw in _FALSE:
+            return raw in _TRUE
+        raise RenderConfigError(
+            f"{PREFIX}{name}={self.raw(name)!r} is not true or false (1/0, yes/no, on/off; unset it for the default,"
+            f" {str(default).lower()})"
+        )
 
     def number(self, name: str, default: int, low: int, high: int | None = None) -> int:
         return int(self._number(name, default, low, high, whole=True))
@@ -199,3 +221,34 @@ class FarmSettings:
 def samples_variable(quality: Quality) -> str:
     """The variable (without RENDERFARM_) that sets the samples of one tier: PREVIEW_SAMPLES, HD_SAMPLES."""
     return f"{quality.name}_SAMPLES"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker that starts from its environment alone runs (`python -m renderfarm.worker`, the worker image's
+    command): the queues it serves, in order, and its warm Blender."""
+
+    queues: tuple[QueueName, ...] = (QueueName.PREEMPTIBLE, QueueName.STANDARD)
+    warm_blender: bool = True
+    warm_max_jobs: int = 50
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerOptions:
+        v, d = _Variables(environ), cls()
+        return cls(
+            queues=parse_queues(v.text("QUEUES", ",".join(d.queues)), f"{PREFIX}QUEUES"),
+            warm_blender=v.flag("WARM_BLENDER", d.warm_blender),
+            warm_max_jobs=v.number("WARM_MAX_JOBS", d.warm_max_jobs, 1, 100_000),
+        )
+
+
+def parse_queues(raw: str, where: str) -> tuple[QueueName, ...]:
+    """A comma list of queue names (pq, sq), in order, each once; `where` names the value in the error."""
+    names = [q.strip() for q in raw.split(",") if q.strip()]
+    allowed = {q.value for q in QueueName}
+    unknown = [q for q in names if q not in allowed]
+    if unknown or not names:
+        raise RenderConfigError(
+            f"{where}={raw!r}: unknown queue(s) {', '.join(unknown) or '(none given)'}; use pq, sq or pq,sq"
+        )
+    return tuple(QueueName(q) for q in dict.fromkeys(names))

@@ -57,13 +57,14 @@ def _remove_testcontainers(client) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def project_images(docker_client):  # type: ignore[no-untyped-def]
-    """Make sure the project's images (base, redis, db, api) exist, building them with the real code."""
+    """Make sure the stack's images (base, redis, db, api) exist, building them with the real code. The worker
+    image (Blender inside, 4-5 minutes cold) is built by the tests of container workers only."""
     from provisioner.config import load_settings
     from provisioner.console import make_console
-    from provisioner.images import ensure_images
+    from provisioner.images import STACK_IMAGES, ensure_images
 
     settings = load_settings()
-    ensure_images(docker_client, settings, make_console())
+    ensure_images(docker_client, settings, make_console(), only=STACK_IMAGES)
     return settings
 
 

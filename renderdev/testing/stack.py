@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from testcontainers.compose import DockerCompose
 
-from provisioner.config import Settings, load_settings
+from provisioner.compose import WORKERS_PROFILE
+from provisioner.config import SERVICES, Settings, load_settings
 from provisioner.dockerapi import remove_by_label
 from provisioner.errors import RenderdevError
 from provisioner.ports import free_port
@@ -52,6 +53,13 @@ class _Compose(DockerCompose):
 
     def _run_command(self, cmd: str | list[str], context: str | None = None) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(cmd, capture_output=True, check=True, cwd=context or str(self.context), env=self.env)
+
+    def stop(self, down: bool = True) -> None:
+        """DockerCompose's stop (all services), with the worker service's profile named: a `compose down --volumes`
+        without it leaves the worker containers `invoke workers` started running (Compose 2.26). `up` never names it
+        (DockerCompose's `profiles` would: its command is made once, for every call)."""
+        cmd = [*self.compose_command_property, "--profile", WORKERS_PROFILE]
+        self._run_command(cmd=cmd + (["down", "--volumes"] if down else ["stop"]))
 
 
 @dataclass
@@ -107,14 +115,15 @@ def stack_settings(base: Path, **overrides: Any) -> Settings:
 
 
 def start_stack(client: docker.DockerClient, settings: Settings) -> RenderStack:
-    """Build the images if missing (the provisioner's offline path), write the secrets, then `compose up --wait`
-    through testcontainers. On failure the stack is removed and the error carries each container's log tail."""
+    """Build the stack's images (redis, db, api) if missing (the provisioner's offline path), write the secrets, then
+    `compose up --wait` through testcontainers. On failure the stack is removed and the error carries each
+    container's log tail."""
     from provisioner.compose import compose_env
     from provisioner.console import make_console
     from provisioner.images import ensure_images
     from provisioner.secrets import ensure_secrets
 
-    ensure_images(client, settings, make_console())
+    ensure_images(client, settings, make_console(), only=SERVICES)
     ensure_secrets(settings)
     settings.renders_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENDERDEV_")}

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +33,7 @@ from rq.worker import HerokuWorker
 
 from renderfarm.errors import ServiceUnavailable
 from renderfarm.jobs import JobManager
+from renderfarm.keys import QueueName
 from renderfarm.reaper import Reaper
 from renderfarm.settings import FarmSettings
 from renderfarm.worker.lent_database import LentDatabase
@@ -123,6 +126,14 @@ class RenderWorker(HerokuWorker):
         # (and so copy, page by page) the main process's whole heap.
         gc.freeze()
         return super().fork_work_horse(job, queue)
+
+
+def worker_name(queues: Sequence[str]) -> str:
+    """The rq name of a worker of this process: `<host>-<kind>-<pid>`, kind preemptible (pq), standard (sq) or
+    render (both). In a container the host is the container's hostname (its short id)."""
+    kinds: dict[tuple[str, ...], str] = {(QueueName.PREEMPTIBLE,): "preemptible", (QueueName.STANDARD,): "standard"}
+    kind = kinds.get(tuple(queues), "render")
+    return f"{socket.gethostname()}-{kind}-{os.getpid()}"
 
 
 # The RenderWorker working in this process. A module-level slot because rq calls the job function by name with

@@ -11,6 +11,7 @@ from provisioner import compose
 from provisioner.compose import ComposeDriver, compose_argv, compose_env, detect_driver
 from provisioner.config import load_settings
 from provisioner.errors import DockerError
+from provisioner.workers import worker_variables
 
 DOCKER_WITH_PLUGIN = """#!/bin/sh
 [ "$1 $2 $3" = "compose version --short" ] && { echo 2.26.1; exit 0; }
@@ -88,6 +89,7 @@ def test_compose_env_and_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "RENDERDEV_REDIS_IMAGE": "renderdev/redis:dev",
         "RENDERDEV_DB_IMAGE": "renderdev/db:dev",
         "RENDERDEV_API_IMAGE": "renderdev/api:dev",
+        "RENDERDEV_WORKER_IMAGE": "renderdev/worker:dev",
         "RENDERDEV_BIND_HOST": "127.0.0.1",
         "RENDERDEV_REDIS_PORT": "7001",
         "RENDERDEV_DB_PORT": "7002",
@@ -125,5 +127,16 @@ def test_compose_env_and_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_compose_file_reads_every_variable_we_set() -> None:
     settings = load_settings()
     text = settings.compose_file.read_text()
-    for name in compose_env(settings):
+    for name in compose_env(settings, worker_variables(settings, ["pq", "sq"])):
         assert "${" + name in text, name
+
+
+def test_the_worker_services_variables_are_in_its_config_hash_only_when_given(tmp_path: Path) -> None:
+    settings = load_settings(project="rdunit", state_dir=tmp_path / "state")
+    stack = compose_env(settings)
+    pq = compose_env(settings, worker_variables(settings, ["pq"], environ={}))
+    both = compose_env(settings, worker_variables(settings, ["pq", "sq"], environ={}))
+    slow = compose_env(settings, worker_variables(settings, ["pq", "sq"], environ={"RENDERFARM_HD_SAMPLES": "512"}))
+    hashes = {env["RENDERDEV_CONFIG_HASH"] for env in (stack, pq, both, slow)}
+    assert len(hashes) == 4  # other queues or samples: worker containers to recreate; the stack's own unchanged
+    assert both["RENDERDEV_WORKER_QUEUES"] == "pq,sq" and slow["RENDERFARM_HD_SAMPLES"] == "512"
