@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+from rq import Queue
 from sqlalchemy import text
 
 from bench.errors import BenchError
@@ -28,14 +30,27 @@ from provisioner.credits import read_token
 from provisioner.dockerapi import PROJECT_LABEL
 from provisioner.ports import free_port
 from provisioner.services import api_url
+from renderfarm.keys import (
+    QueueName,
+    attempts_key,
+    claim_key,
+    limbo_key,
+    mq_index_key,
+    mq_key,
+    queued_key,
+    scene_key,
+)
 
 NAME = "api_load"
 CLIENTS = 32
 BASELINE = Path(__file__).with_name("api_baseline.py")
 
 
-def load(url: str, body: dict[str, Any], headers: dict[str, str], requests: int) -> tuple[float, list[float]]:
-    """Seconds for `requests` POSTs from CLIENTS concurrent clients, and each request's latency."""
+def load(
+    url: str, body: dict[str, Any], headers: dict[str, str], requests: int, mjids: list[str]
+) -> tuple[float, list[float]]:
+    """Seconds for `requests` POSTs from CLIENTS concurrent clients, and each request's latency; the mjids the
+    API answered go into `mjids` (the baseline answers none)."""
 
     async def client(todo: list[int], latencies: list[float]) -> None:
         async with httpx.AsyncClient(headers=headers, timeout=60.0) as http:
@@ -46,6 +61,8 @@ def load(url: str, body: dict[str, Any], headers: dict[str, str], requests: int)
                 latencies.append(time.perf_counter() - start)
                 if resp.status_code != 202:
                     raise BenchError(f"POST {url} answered {resp.status_code}: {resp.text[:200]}")
+                if "mjid" in resp.json():
+                    mjids.append(resp.json()["mjid"])
 
     async def all_clients() -> tuple[float, list[float]]:
         todo, latencies = list(range(requests)), list[float]()
@@ -54,6 +71,20 @@ def load(url: str, body: dict[str, Any], headers: dict[str, str], requests: int)
         return time.perf_counter() - start, latencies
 
     return asyncio.run(all_clients())
+
+
+def forget_jobs(r: redis.Redis, mjids: list[str]) -> None:
+    """Take A's jobs away again (no worker will ever render them): their rq jobs on pq and their ledger keys, so
+    that a later worker on this stack (the memory measurement's) does not find thousands of previews queued, and
+    the orphan check does not put them back."""
+    Queue(QueueName.PREEMPTIBLE, connection=r).empty()
+    with r.pipeline(transaction=False) as pipe:
+        for mjid in mjids:
+            pipe.delete(mq_key(mjid), scene_key(mjid), attempts_key(mjid), limbo_key(mjid), claim_key(mjid))
+            pipe.zrem(mq_index_key(), mjid)
+            pipe.srem(queued_key(), mjid)
+        pipe.execute()
+    mjids.clear()
 
 
 def p99(values: list[float]) -> float:
@@ -106,8 +137,14 @@ def measure(stack: BenchStack, *, pairs: int, warmup: int, requests: int, log: L
     latencies: dict[str, list[float]] = {"A": [], "B": []}
     container, baseline_url = start_baseline(stack)
 
+    r = stack.redis()
+
     def side(name: str, url: str) -> float:
-        seconds, each = load(url, body, headers, requests)
+        mjids: list[str] = []
+        try:
+            seconds, each = load(url, body, headers, requests, mjids)
+        finally:
+            forget_jobs(r, mjids)  # outside the timed part
         latencies[name].extend(each)
         return seconds
 
@@ -125,6 +162,7 @@ def measure(stack: BenchStack, *, pairs: int, warmup: int, requests: int, log: L
         result = run_pair(spec, pairs=pairs, warmup=warmup, log=log)
     finally:
         container.remove(force=True)
+        r.close()
         engine = stack.engine()
         try:
             with engine.begin() as conn:
