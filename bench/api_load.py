@@ -61,8 +61,9 @@ def load(
                 latencies.append(time.perf_counter() - start)
                 if resp.status_code != 202:
                     raise BenchError(f"POST {url} answered {resp.status_code}: {resp.text[:200]}")
-                if "mjid" in resp.json():
-                    mjids.append(resp.json()["mjid"])
+                answer = resp.json()
+                if "mjid" in answer:
+                    mjids.append(answer["mjid"])
 
     async def all_clients() -> tuple[float, list[float]]:
         todo, latencies = list(range(requests)), list[float]()

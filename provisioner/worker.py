@@ -82,12 +82,6 @@ def parse_queues(queues: list[str]) -> list[str]:
     return list(dict.fromkeys(queues))
 
 
-def worker_name(queues: list[str]) -> str:
-    from renderfarm.worker.render_worker import worker_name as name_of
-
-    return name_of(queues)
-
-
 class _UtcFormatter(logging.Formatter):
     """ISO-8601 UTC times, the form `invoke logs` interleaves with the containers' (Docker's) timestamps."""
 
@@ -120,7 +114,7 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
     until they are empty)."""
     from renderfarm.errors import RenderfarmError, ServiceUnavailable
     from renderfarm.worker.preemption import PreemptionWatcher
-    from renderfarm.worker.render_worker import serve
+    from renderfarm.worker.render_worker import serve, worker_name
     from renderfarm.worker.warm_blender import WarmBlender
 
     names = parse_queues(queues)
