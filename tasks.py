@@ -219,21 +219,55 @@ def status(c: Context, json: bool = False) -> None:
         "queues": "comma-separated queues: pq (preemptible), sq (standard); default both, pq first",
         "burst": "exit when the queues are empty",
         "reload": "start a new worker when a .py file of renderfarm/ changes (the job in hand finishes first)",
+        "config": "a worker file (invoke worker-config): reach that stack through its API only, from any host",
     }
 )
 @edge
-def worker(c: Context, queues: str = "pq,sq", burst: bool = False, reload: bool = False) -> None:
+def worker(
+    c: Context, queues: str = "pq,sq", burst: bool = False, reload: bool = False, config: str | None = None
+) -> None:
     """Run a render worker (rq) on this host against the stack's Redis."""
+    from pathlib import Path
+
     from provisioner.errors import ConfigError
     from provisioner.worker import reload_worker, run_worker
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    if reload and burst:
-        raise ConfigError("--reload with --burst: a burst worker ends when its queues are empty", hint="pick one")
+    if reload and (burst or config):
+        raise ConfigError("--reload works with the local stack's worker only", hint="drop --burst / --config")
     if reload:
         reload_worker(_settings(), names, _console())
     else:
-        run_worker(_settings(), names, burst=burst)
+        run_worker(_settings(), names, burst=burst, config=Path(config) if config else None)
+
+
+@task(
+    help={
+        "name": "the credential's name (lowercase letters, digits, '-'): one per host or group of workers",
+        "output": "where to write the worker file (default: the state folder's workers/<name>.json)",
+        "rotate": "new token and Redis password (the old file stops working at once)",
+        "dry_run": BLENDER_HELP["dry_run"],
+    }
+)
+@edge
+def worker_config(
+    c: Context, name: str = "", output: str | None = None, rotate: bool = False, dry_run: bool = False
+) -> None:
+    """Write the one file a render worker on another host needs (API URL, worker token, its Redis user; 0600)."""
+    from pathlib import Path
+
+    from provisioner.worker_access import worker_config as make
+
+    make(_settings(), _console(), name=name, output=Path(output) if output else None, rotate=rotate, dry_run=dry_run)
+
+
+@task(help={"name": "the credential to revoke", "dry_run": BLENDER_HELP["dry_run"]})
+@edge
+def worker_revoke(c: Context, name: str = "", dry_run: bool = False) -> None:
+    """Revoke a worker credential: its token is refused and its Redis connections closed, at once."""
+    from provisioner.worker_access import worker_revoke as revoke
+
+    revoke(_settings(), _console(), name=name, dry_run=dry_run)
 
 
 @task(

@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from bench.harness import PairResult
 from bench.stack import BenchStack, bench_stack
 
-PAIRS = ("setup", "preview", "preview_small", "install", "queue", "api_load", "kit", "live", "page")
+PAIRS = ("setup", "preview", "preview_small", "install", "queue", "api_load", "upload", "kit", "live", "page")
 OTHERS = ("memory", "cold")
 NAMES = PAIRS + OTHERS
 Log = Callable[[str], None]
@@ -36,6 +36,7 @@ class Plan:
     queue_warmup: int
     memory_jobs: int
     api_requests: int
+    upload_jobs: int
     only: tuple[str, ...]
 
     @classmethod
@@ -48,8 +49,8 @@ class Plan:
             raise BenchError(f"--pairs must be at least 1, got {pairs}")
         chosen = names or tuple(n for n in NAMES if not (quick and n == "cold"))
         if quick:
-            return cls(True, 1, 1, 100, 0, 12, 160, chosen)
-        return cls(False, pairs, 1, 500, 1, 100, 960, chosen)
+            return cls(True, 1, 1, 100, 0, 12, 160, 5, chosen)
+        return cls(False, pairs, 1, 500, 1, 100, 960, 20, chosen)
 
 
 def missed_goals(report: dict[str, Any]) -> list[str]:
@@ -123,6 +124,10 @@ def _measure(name: str, stack: BenchStack, plan: Plan, log: Log) -> PairResult |
         from bench import api_load
 
         return api_load.measure(stack, pairs=plan.pairs, warmup=plan.warmup, requests=plan.api_requests, log=log)
+    if name == "upload":
+        from bench import upload
+
+        return upload.measure(stack, pairs=plan.pairs, warmup=plan.warmup, jobs=plan.upload_jobs, log=log)
     if name == "kit":
         from bench import kit
 

@@ -86,6 +86,17 @@ def _probe_standalone(search: str) -> ComposeDriver | None:
     return ComposeDriver((binary,), version) if version else None
 
 
+CONTAINER_UID = 10001  # the worker image's user (compose/worker/Dockerfile); the api runs as it too
+
+
+def container_user(uid: int | None = None, gid: int | None = None) -> str:
+    """The uid:gid the api and worker containers run as: the host user's, or the worker image's own user for root
+    (never root), so that the renders folder they share with host workers is theirs."""
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
+    return f"{CONTAINER_UID}:{CONTAINER_UID}" if uid == 0 else f"{uid}:{gid}"
+
+
 def compose_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables compose.yaml reads. Pure: the same settings (and `extra`) give the same mapping. `extra`: the
     worker service's own variables (provisioner.workers), which its containers' config hash covers too."""
@@ -99,6 +110,7 @@ def compose_env(settings: Settings, extra: Mapping[str, str] | None = None) -> d
         RENDERDEV_DB_NAME=settings.db_name,
         RENDERDEV_SECRETS_DIR=str(secrets_dir(settings)),
         RENDERDEV_RENDERS_DIR=str(settings.renders_dir),
+        RENDERDEV_API_USER=container_user(),
         RENDERDEV_HD_PRICE=str(settings.hd_price),
         RENDERDEV_HEARTBEAT_TTL=str(settings.heartbeat_ttl),
         RENDERDEV_REAP_INTERVAL=str(settings.reap_interval),

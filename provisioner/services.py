@@ -9,6 +9,7 @@ not become healthy in time is reported with its state and the tail of its log.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -106,6 +107,40 @@ def _state_of(container: Container) -> dict[str, Any]:
     return dict(container.attrs.get("State") or {})
 
 
+def plan_renders_folder(settings: Settings) -> Step:
+    """The renders folder, there and owned by the containers' user (compose.container_user: the host user's, or
+    uid 10001 for root): the api container writes the images workers upload there, and serves them with those host
+    workers write (root writes anywhere)."""
+    folder = settings.renders_dir
+    title = f"renders folder {folder}"
+    uid = compose.CONTAINER_UID if os.getuid() == 0 else os.getuid()
+    try:
+        owner: int | None = folder.stat().st_uid
+    except OSError:
+        owner = None
+    if owner == uid:
+        return Step("services", title, StepState.OK, f"writable by the api container's user (uid {uid})")
+    now = "missing" if owner is None else f"owned by uid {owner}"
+    return Step(
+        "services",
+        title,
+        StepState.CHANGE,
+        f"{now}: make it the api container's user's (uid {uid})",
+        lambda: ensure_renders_folder(settings),
+    )
+
+
+def ensure_renders_folder(settings: Settings) -> str:
+    """Make the renders folder (0755) and, as root, give it to the containers' user. Returns what it did."""
+    folder = settings.renders_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.getuid() == 0:
+        os.chown(folder, compose.CONTAINER_UID, compose.CONTAINER_UID)
+        folder.chmod(0o755)
+        return f"{folder} owned by uid {compose.CONTAINER_UID}"
+    return f"{folder} made"
+
+
 def service_state(client: docker.DockerClient, settings: Settings, service: str) -> ServiceState:
     c = service_container(client, settings.project, service)
     if c is None:
@@ -133,6 +168,7 @@ def service_states(client: docker.DockerClient, settings: Settings) -> list[Serv
 def plan_services(client: docker.DockerClient, settings: Settings) -> list[Step]:
     """The secrets step, then the stack step ("ok" when all three containers are current and healthy)."""
     secrets_step = plan_secrets(settings)
+    folder_steps = [plan_renders_folder(settings)]
     if secrets_step.needed and not settings.secrets_file.exists():
         _refuse_orphaned_db_volume(client, settings)
     states = service_states(client, settings)
@@ -140,7 +176,8 @@ def plan_services(client: docker.DockerClient, settings: Settings) -> list[Step]
     # Secret files are bind mounts of one inode: after rewriting them, existing containers need recreating.
     recreate = bool(stale_mounts(settings)) and any(s.container for s in states)
     if not recreate and all(s.ok for s in states):
-        return [secrets_step, Step("services", title, StepState.OK, "redis, db, api running and healthy")]
+        ready = Step("services", title, StepState.OK, "redis, db, api running and healthy")
+        return [secrets_step, *folder_steps, ready]
     _refuse_ports_in_use(client, settings)
     wrong = [f"{s.service}: {s.describe()}" for s in states if not s.ok]
     detail = "compose up, then wait for health"
@@ -150,6 +187,7 @@ def plan_services(client: docker.DockerClient, settings: Settings) -> list[Step]
         detail += "; now " + "; ".join(wrong)
     return [
         secrets_step,
+        *folder_steps,
         Step(
             "services",
             title,

@@ -109,24 +109,31 @@ def log_to_file(path: Path) -> None:
     root.addHandler(console)
 
 
-def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) -> None:
-    """Check this host (the stack's secrets, a Blender), then serve the queues until stopped (or, with burst,
-    until they are empty)."""
-    from renderfarm.errors import RenderfarmError, ServiceUnavailable
+def run_worker(settings: Settings, queues: list[str], *, burst: bool = False, config: Path | None = None) -> None:
+    """Check this host (the stack's secrets, or the worker file `config`; a Blender), then serve the queues until
+    stopped (or, with burst, until they are empty). With `config` (made by `invoke worker-config`) the worker
+    reaches the stack only through its API and its own Redis user: this host needs no stack of its own."""
+    from renderfarm.errors import CredentialRefused, RenderfarmError, ServiceUnavailable
+    from renderfarm.settings import FarmSettings, WorkerAccess
     from renderfarm.worker.preemption import PreemptionWatcher
     from renderfarm.worker.render_worker import serve, worker_name
     from renderfarm.worker.warm_blender import WarmBlender
 
     names = parse_queues(queues)
-    if not settings.secrets_file.exists():
+    if config is None and not settings.secrets_file.exists():
         raise RenderdevError(
             f"no secrets for compose project {settings.project} ({settings.secrets_file} is missing)",
-            hint="invoke setup",
+            hint="invoke setup (or, for a stack on another host, invoke worker --config FILE)",
         )
     try:
-        farm = farm_settings(settings)
-    except RenderfarmError as exc:  # a RENDERFARM_* variable of this environment with a value we cannot use
-        raise RenderdevError(str(exc), hint="correct or unset that variable") from exc
+        if config is None:
+            farm = farm_settings(settings)
+        else:
+            farm = replace(
+                FarmSettings.from_env(), access=WorkerAccess.from_file(config), blender_path=blender_path(settings)
+            )
+    except RenderfarmError as exc:  # a RENDERFARM_* variable, or the worker file, with a value we cannot use
+        raise RenderdevError(str(exc), hint="correct or unset that variable, or make the worker file again") from exc
     if farm.blender_path == "blender" and shutil.which("blender") is None:
         raise RenderdevError(
             f"no Blender: {settings.blender_link} is missing and none is on PATH", hint="invoke blender"
@@ -138,7 +145,10 @@ def run_worker(settings: Settings, queues: list[str], *, burst: bool = False) ->
     try:
         serve(farm, names, name=name, burst=burst, warm_blender=warm, preemption=watcher)
     except ServiceUnavailable as exc:
-        raise RenderdevError(f"the stack's {exc}", hint="invoke services") from exc
+        hint = "invoke services" if config is None else f"check that the stack in {config} is up and reachable"
+        raise RenderdevError(f"the stack's {exc}", hint=hint) from exc
+    except CredentialRefused as exc:
+        raise RenderdevError(str(exc), hint="on the stack's host: invoke worker-config --name NAME --rotate") from exc
 
 
 def reload_worker(settings: Settings, queues: list[str], console: Console) -> None:

@@ -14,11 +14,13 @@ worker user's (the host's root workers and the api's reader are unaffected).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -29,14 +31,17 @@ from provisioner.dockerapi import PROJECT_LABEL, SERVICE_LABEL
 from provisioner.errors import ConfigError, DockerError
 from provisioner.images import find_image
 from provisioner.plan import Outcome, Step, StepState, report, run_steps
+from provisioner.secrets import MOUNTED_MODE, secret_path
 from provisioner.worker import parse_queues
+from provisioner.worker_access import plan_credential, stack_clients, stack_endpoints
 
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
 
 MAX_REPLICAS = 32
-WORKER_UID = 10001  # the worker image's user (compose/worker/Dockerfile)
+CONTAINERS_CREDENTIAL = "containers"  # the worker credential every worker container of the stack holds
+WORKER_SECRET = "worker_config"  # its worker file, mounted by compose at /run/secrets/worker_config
 POLL = 0.25
 STOP_TIMEOUT = 300.0  # compose stops the containers in parallel, each within its 30 s grace period
 LOG_TAIL = 20
@@ -56,23 +61,26 @@ def parse_replicas(raw: str | int | None) -> int:
     return int(text)
 
 
-def worker_user(uid: int | None = None, gid: int | None = None) -> str:
-    """The uid:gid worker containers run as: the host user's, or the image's own user for root (never root)."""
-    uid = os.getuid() if uid is None else uid
-    gid = os.getgid() if gid is None else gid
-    return f"{WORKER_UID}:{WORKER_UID}" if uid == 0 else f"{uid}:{gid}"
-
-
 def worker_variables(settings: Settings, queues: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
     """The worker service's own compose variables (compose.yaml): queues, user, warm Blender, render samples."""
     env = os.environ if environ is None else environ
     return {
         "RENDERDEV_WORKER_QUEUES": ",".join(queues),
-        "RENDERDEV_WORKER_USER": worker_user(),
+        "RENDERDEV_WORKER_USER": compose.container_user(),
         "RENDERDEV_WARM_BLENDER": "true" if settings.warm_blender else "false",
         "RENDERDEV_WARM_MAX_JOBS": str(settings.warm_max_jobs),
         **{name: env.get(name, "").strip() for name in SAMPLE_VARIABLES},
+        # A label of theirs, and so in their config hash: containers are recreated when the credential changes (a
+        # secret is a bind mount of the file as it was at their start).
+        "RENDERDEV_WORKER_FILE_DIGEST": _digest(secret_path(settings, WORKER_SECRET)),
     }
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return ""
 
 
 def worker_containers(client: docker.DockerClient, project: str) -> list[Container]:
@@ -106,8 +114,24 @@ def scale_workers(
     if count > 0:
         image_steps = plan_images(client, settings, console, only=(compose.WORKER_SERVICE,))
         outcome.merge(run_steps(console, image_steps, dry_run=dry_run, heading="Plan: worker image"))
-    steps = plan_workers(client, settings, count, names)
-    outcome.merge(run_steps(console, steps, dry_run=dry_run, heading="Plan: workers"))
+    if count == 0:
+        steps = plan_workers(client, settings, count, names)
+        outcome.merge(run_steps(console, steps, dry_run=dry_run, heading="Plan: workers"))
+    else:
+        require_stack(client, settings)
+        with stack_clients(settings) as (r, sessions):
+            # The containers' one worker credential: a token and a Redis user, no database password.
+            credential = plan_credential(
+                settings,
+                r,
+                sessions,
+                name=CONTAINERS_CREDENTIAL,
+                path=secret_path(settings, WORKER_SECRET),
+                endpoints=stack_endpoints(),
+                mode=MOUNTED_MODE,
+            )
+            steps = [credential, *plan_workers(client, settings, count, names, new_credential=credential.needed)]
+            outcome.merge(run_steps(console, steps, dry_run=dry_run, heading="Plan: workers"))
     report(console, outcome, dry_run=dry_run)
     return outcome
 
@@ -116,48 +140,33 @@ def _split(queues: str) -> list[str]:
     return [q.strip() for q in queues.split(",") if q.strip()]
 
 
-def plan_workers(client: docker.DockerClient, settings: Settings, replicas: int, queues: list[str]) -> list[Step]:
-    """The renders folder (as root, when workers start) and the worker containers: "ok" or what would change."""
+def require_stack(client: docker.DockerClient, settings: Settings) -> None:
+    """DockerError naming each service that is not up: workers need the stack's redis and api (and its db)."""
     from provisioner.services import running_mode, service_states
+
+    running = running_mode(client, settings)
+    down = [f"{s.service}: {s.describe()}" for s in service_states(client, running) if not s.ready]
+    if down:
+        raise DockerError(
+            f"the stack of compose project {settings.project} is not up ({'; '.join(down)}): workers need its"
+            " redis, db and api",
+            hint="invoke services, then re-run: invoke workers --replicas N",
+        )
+
+
+def plan_workers(
+    client: docker.DockerClient, settings: Settings, replicas: int, queues: list[str], *, new_credential: bool = False
+) -> list[Step]:
+    """The worker containers: "ok" or what would change. `new_credential`: their worker file is about to change,
+    so every running one is recreated (a secret is mounted as the file was when the container started)."""
+    from provisioner.services import running_mode
 
     running = running_mode(client, settings)  # a live api's settings: the workers join the stack as it runs
     image = find_image(client, settings.image(compose.WORKER_SERVICE))
     if replicas > 0:  # the worker image was planned (and, unless a dry run, built) just before
-        down = [f"{s.service}: {s.describe()}" for s in service_states(client, running) if not s.ready]
-        if down:
-            raise DockerError(
-                f"the stack of compose project {settings.project} is not up ({'; '.join(down)}): workers need its"
-                " redis and db",
-                hint="invoke services, then re-run: invoke workers --replicas N",
-            )
-    variables = worker_variables(settings, queues)
-    steps = []
-    if replicas > 0 and os.getuid() == 0:
-        steps.append(_plan_renders_folder(settings))
-    steps.append(_plan_containers(client, running, replicas, queues, variables, image.id if image else None))
-    return steps
-
-
-def _plan_renders_folder(settings: Settings) -> Step:
-    folder = settings.renders_dir
-    title = f"renders folder {folder}"
-    try:
-        owner = folder.stat().st_uid
-    except OSError:
-        owner = None
-    if owner == WORKER_UID:
-        return Step("workers", title, StepState.OK, f"writable by the worker containers' user (uid {WORKER_UID})")
-
-    def apply() -> str:
-        folder.mkdir(parents=True, exist_ok=True)
-        os.chown(folder, WORKER_UID, WORKER_UID)
-        folder.chmod(0o755)
-        return f"now owned by uid {WORKER_UID}"
-
-    now = "missing" if owner is None else f"owned by uid {owner}"
-    return Step(
-        "workers", title, StepState.CHANGE, f"{now}: give it to the worker containers' user (uid {WORKER_UID})", apply
-    )
+        require_stack(client, settings)
+    image_id = image.id if image else None
+    return [_plan_containers(client, running, replicas, queues, image_id, new_credential=new_credential)]
 
 
 def _plan_containers(
@@ -165,14 +174,17 @@ def _plan_containers(
     settings: Settings,
     replicas: int,
     queues: list[str],
-    variables: dict[str, str],
     image_id: str | None,
+    *,
+    new_credential: bool = False,
 ) -> Step:
     title = f"worker containers of project {settings.project} ({','.join(queues)})"
-    wanted = compose.compose_env(settings, variables)[compose.CONFIG_HASH_VAR]
+    wanted = compose.compose_env(settings, worker_variables(settings, queues))[compose.CONFIG_HASH_VAR]
     found = worker_containers(client, settings.project)
     current = [
-        c for c in found if c.attrs.get("Image") == image_id and c.labels.get(compose.CONFIG_HASH_LABEL) == wanted
+        c
+        for c in found
+        if c.attrs.get("Image") == image_id and c.labels.get(compose.CONFIG_HASH_LABEL) == wanted and not new_credential
     ]
     up = [c for c in current if c.status == "running"]
     if len(found) == replicas and len(up) == replicas:
@@ -195,7 +207,8 @@ def _plan_containers(
     detail = f"{len(up)} of {len(found)} running now; " + "; ".join(changes)
 
     def apply() -> str:
-        return scale(client, settings, replicas, variables, recreate=bool(outdated))
+        # The variables as they are now: the worker file (in them by its digest) may have just been made.
+        return scale(client, settings, replicas, worker_variables(settings, queues), recreate=bool(outdated))
 
     return Step("workers", title, StepState.CHANGE, detail, apply)
 

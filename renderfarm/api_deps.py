@@ -1,4 +1,5 @@
-"""What every route of the HTTP API shares: its dependencies (the token's user `Me`, the JobManager `Manager`), the
+"""What every route of the HTTP API shares: its dependencies (the token's user `Me`, a worker token's credential
+`WorkerMe`, the JobManager `Manager`), the
 error answers each operation documents (`answers`), and how an answer shortens what it repeats (`clip`, `first_line`).
 
 renderfarm.core (the API) and renderfarm.page (the page's routes) both build on this module; it imports neither.
@@ -13,9 +14,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from renderfarm.jobs import JobManager
-from renderfarm.tokens import Authenticator, TokenUser
+from renderfarm.tokens import Authenticator, TokenUser, TokenWorker, WorkerAuthenticator
 
 MAX_BODY = 1_000_000  # bytes: a scene is a few KB; anything this big is a mistake or an attack
+# bytes: a worker's upload (renderfarm.worker_api). An HD PNG from Blender is a few MB; 8-bit RGBA at the largest
+# size a profile allows (8192x8192) can be 256 MB uncompressed, but no profile renders that big by default.
+MAX_IMAGE = 64 * 1024 * 1024
 ECHO = 80  # characters: the most of a submitted value (or of a path id) an error answer repeats
 
 
@@ -45,6 +49,21 @@ def current_user(
 Me = Annotated[TokenUser, Depends(current_user)]
 
 
+def current_worker_credential(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> TokenWorker:
+    """The worker credential whose token the request carries (renderfarm.worker_api's routes): 401 without one,
+    or with an unknown or revoked one."""
+    token = credentials.credentials if credentials is not None else None
+    if token:
+        request.app.state.schema.ensure()
+    authenticator: WorkerAuthenticator = request.app.state.worker_authenticator
+    return authenticator.verify(token)
+
+
+WorkerMe = Annotated[TokenWorker, Depends(current_worker_credential)]
+
+
 # -- error bodies: one model per kind of answer, so the schema tells a client what each status carries ---------
 class ErrorOut(BaseModel):
     detail: str = Field(description="what was refused and why, with the command to run next where there is one")
@@ -59,8 +78,14 @@ class NotReadyOut(ErrorOut):
     state: str = Field(description="the job's state (the image exists only once it is finished)")
 
 
+class StaleOut(ErrorOut):
+    state: str = Field(description="the job's state now: the attempt named is no longer its current one")
+
+
 class UnavailableOut(ErrorOut):
-    service: Literal["database", "redis"] = Field(description="which service does not answer")
+    service: Literal["database", "redis", "storage"] = Field(
+        description="which service does not answer (storage: the API's renders folder, for a worker's upload)"
+    )
 
 
 class FieldError(BaseModel):
@@ -75,8 +100,9 @@ class ValidationOut(BaseModel):
     detail: list[FieldError]
 
 
-def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI `responses` of an operation: each status it can answer besides its success, with its body."""
+def answers(*statuses: int, stale: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of an operation: each status it can answer besides its success, with its body.
+    stale: its 409 is a worker's stale attempt (StaleOut), not an image that is not ready."""
     retry = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
     known: dict[int, dict[str, Any]] = {
         400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 text)"},
@@ -90,9 +116,14 @@ def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: {"model": ErrorOut, "description": "no such job (or not the token's user's), or no such user"},
         409: {"model": NotReadyOut, "description": "the job is not finished: no image yet"},
         413: {"model": ErrorOut, "description": f"request body over {MAX_BODY} bytes"},
+        415: {"model": ErrorOut, "description": "the body is not image/png"},
         422: {"model": ValidationOut, "description": "invalid input: each field named, values shortened"},
         503: {"model": UnavailableOut, "description": "Redis or Postgres does not answer", "headers": retry},
     }
+    if stale:
+        known[409] = {"model": StaleOut, "description": "the attempt is stale: the job moved on without this worker"}
+        known[413] = {"model": ErrorOut, "description": f"image over {MAX_IMAGE} bytes"}
+        known[422] = {"model": ValidationOut, "description": "invalid input, or an image that is not the job's"}
     # Error bodies are JSON whatever the operation's own media type (a PNG, an event stream): FastAPI files a
     # "model" under the route's media type, so each one is also named under application/json explicitly.
     return {

@@ -8,7 +8,7 @@ from redis.retry import Retry
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
-from renderfarm.settings import ServiceSettings
+from renderfarm.settings import ServiceSettings, WorkerAccess
 
 CONNECT_TIMEOUT = 3.0  # seconds: a request or health check must answer quickly, even when a service is down
 
@@ -23,6 +23,19 @@ def make_redis(settings: ServiceSettings, *, socket_timeout: float | None = CONN
         socket_timeout=socket_timeout,
         # One quick retry, not redis-py's default of several with backoff: answering within the
         # caller's own timeout matters more than riding out a blip.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+    )
+
+
+def make_worker_redis(access: WorkerAccess, *, socket_timeout: float | None = None) -> redis.Redis:
+    """A worker's Redis connection with its own ACL user (rq's keys only: provisioner.redis_acl)."""
+    return redis.Redis(
+        host=access.redis_host,
+        port=access.redis_port,
+        username=access.redis_user,
+        password=access.redis_password,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
     )
 

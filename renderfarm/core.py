@@ -38,16 +38,22 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from renderfarm import migrate
-from renderfarm.api_deps import ECHO, MAX_BODY, Manager, Me, answers, clip, first_line
+from renderfarm.api_deps import ECHO, MAX_BODY, MAX_IMAGE, Manager, Me, answers, clip, first_line
 from renderfarm.clients import make_engine, make_redis
 from renderfarm.credits import EMAIL
 from renderfarm.db import make_sessionmaker
 from renderfarm.errors import (
     ImageNotReady,
+    ImageRejected,
     InsufficientCredits,
+    InvalidTransition,
     NoSuchJob,
     RenderfarmError,
+    StaleAttempt,
+    StaleRqJob,
+    StorageUnavailable,
     UnknownUser,
+    UnsupportedImage,
 )
 from renderfarm.jobs import JobManager, JobView
 from renderfarm.keys import JobState
@@ -56,7 +62,8 @@ from renderfarm.quality import Quality
 from renderfarm.reaper import Reaper
 from renderfarm.scene import Scene
 from renderfarm.settings import FarmSettings
-from renderfarm.tokens import Authenticator, Forbidden, TokenUser, Unauthenticated
+from renderfarm.tokens import Authenticator, Forbidden, TokenUser, Unauthenticated, WorkerAuthenticator
+from renderfarm.worker_api import router as worker_router
 
 log = logging.getLogger("renderfarm.api")
 MAX_FIELD_ERRORS = 20  # a 422 names at most this many fields (then says how many more there were)
@@ -66,18 +73,22 @@ class BodyLimit:
     """Refuse a request body over `limit` bytes with 413: at once when its Content-Length says so, else as it
     streams in (a chunked body declares no length). The endpoint never sees a refused body."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, image_limit: int = MAX_IMAGE) -> None:
         self.app = app
         self.limit = limit
-        self.detail = f"request body too large: over {limit} bytes"
+        self.image_limit = image_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        # A worker's image upload (renderfarm.worker_api) may be larger than any other body.
+        path = str(scope.get("path", ""))
+        limit = self.image_limit if path.startswith("/worker/") and path.endswith("/image") else self.limit
+        detail = f"request body too large: over {limit} bytes"
         length = Headers(scope=scope).get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
             return
         received = 0
 
@@ -85,8 +96,8 @@ class BodyLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise HTTPException(413, self.detail)  # FastAPI passes it on from its body reading
+            if received > limit:
+                raise HTTPException(413, detail)  # FastAPI passes it on from its body reading
             return message
 
         await self.app(scope, counted, send)
@@ -192,6 +203,7 @@ def create_app(
     )
     images = farm.renders_dir
     authenticator = Authenticator(make_sessionmaker(eng))
+    worker_authenticator = WorkerAuthenticator(make_sessionmaker(eng))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -220,6 +232,8 @@ def create_app(
     app.state.schema = schema
     app.state.manager = manager
     app.state.authenticator = authenticator
+    app.state.worker_authenticator = worker_authenticator
+    app.state.images = images
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
 
@@ -281,6 +295,7 @@ def create_app(
     )
     _add_error_handlers(app)
     app.include_router(page_router)
+    app.include_router(worker_router)
     return app
 
 
@@ -290,6 +305,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         (UnknownUser, 404),
         (InsufficientCredits, 402),
         (ImageNotReady, 409),
+        (StaleAttempt, 409),
+        (StaleRqJob, 409),
+        (InvalidTransition, 409),
+        (UnsupportedImage, 415),
+        (ImageRejected, 422),
+        (StorageUnavailable, 503),
         (Unauthenticated, 401),
         (Forbidden, 403),
         (RenderfarmError, 500),
@@ -303,10 +324,17 @@ def _add_error_handlers(app: FastAPI) -> None:
                 body["detail"] = f"no such job: {clip(exc.mjid)}"  # the id comes from the URL: echo a little
             if isinstance(exc, InsufficientCredits):
                 body.update(balance=exc.balance, price=exc.price)
-            if isinstance(exc, ImageNotReady):
+            if isinstance(exc, ImageNotReady | StaleAttempt | StaleRqJob):
                 body.update(state=exc.state)
+            if isinstance(exc, InvalidTransition):
+                body.update(state=exc.old)
+            if isinstance(exc, ImageRejected) and not isinstance(exc, UnsupportedImage):
+                body["detail"] = [{"loc": ["body"], "msg": clip(exc.reason, 4 * ECHO), "type": "image_rejected"}]
             if isinstance(exc, Unauthenticated):
                 headers["WWW-Authenticate"] = "Bearer"
+            if isinstance(exc, StorageUnavailable):
+                body["service"] = "storage"
+                headers["Retry-After"] = "2"
             return JSONResponse(body, status_code=status, headers=headers)
 
         return handle

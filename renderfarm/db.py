@@ -67,6 +67,19 @@ class Render(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class WorkerCredential(Base):
+    """A render worker's credential (`invoke worker-config`): the sha256 (hex) of its worker token, and since when
+    it is revoked. A worker token lets its holder take part in the jobs it is given (start, heartbeat, report);
+    it reads no user's data and no credit ledger. The worker's Redis user (provisioner.redis_acl) has the same name."""
+
+    __tablename__ = "worker_credentials"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 

@@ -40,7 +40,7 @@ class StaleAttempt(RenderfarmError):
     """A worker acted on an attempt that is no longer the job's current one (it was presumed lost)."""
 
     def __init__(self, mjid: str, attempt: int, current: int, state: str = "started") -> None:
-        self.mjid, self.attempt, self.current = mjid, attempt, current
+        self.mjid, self.attempt, self.current, self.state = mjid, attempt, current, state
         now = f"on attempt {current}" if state == "started" else f"{state} after attempt {current}"
         super().__init__(f"job {mjid}: attempt {attempt} is stale (the job is {now})")
 
@@ -51,7 +51,23 @@ class StaleRqJob(RenderfarmError):
 
     def __init__(self, mjid: str, rq_job: str, current: str) -> None:
         self.mjid, self.rq_job, self.current = mjid, rq_job, current
+        self.state = "queued"
         super().__init__(f"job {mjid}: rq job {rq_job} no longer carries it (rq job {current} does now)")
+
+
+class ImageRejected(RenderfarmError):
+    """A worker's upload is not the image its job asked for (not a whole PNG, or not of the job's size): HTTP 422."""
+
+    def __init__(self, mjid: str, reason: str) -> None:
+        self.mjid, self.reason = mjid, reason
+        super().__init__(f"job {mjid}: the uploaded image is refused: {reason}")
+
+
+class UnsupportedImage(ImageRejected):
+    """A worker's upload is not sent as image/png: HTTP 415."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("-", reason)
 
 
 class ImageNotReady(RenderfarmError):
@@ -62,6 +78,14 @@ class ImageNotReady(RenderfarmError):
 
 class ServiceUnavailable(RenderfarmError):
     """Redis or Postgres does not answer."""
+
+
+class CredentialRefused(RenderfarmError):
+    """The API refuses the worker's credential (unknown or revoked token): the worker stops taking jobs."""
+
+
+class StorageUnavailable(RenderfarmError):
+    """The API cannot write an uploaded image into its renders folder (full, read-only, not its own): HTTP 503."""
 
 
 class RenderConfigError(RenderfarmError):

@@ -208,10 +208,20 @@ class JobManager:
     # -- worker side ---------------------------------------------------------------------------------------
     # Every change after "started" names the attempt it belongs to (a fencing token): a worker that was
     # presumed lost and comes back cannot finish, fail or requeue a job that has moved on without it.
-    def mark_started(self, mjid: str, worker: str, *, rq_job: str, heartbeat_ttl: float | None = None) -> JobView:
+    def mark_started(
+        self,
+        mjid: str,
+        worker: str,
+        *,
+        rq_job: str,
+        heartbeat_ttl: float | None = None,
+        credential: str | None = None,
+    ) -> JobView:
         """The job's next attempt begins on `worker`. Fenced by `rq_job`, the rq job that brought the mjid to the
         worker: when the job was queued again meanwhile (the orphan rescue made another rq job carry it), this
-        raises StaleRqJob and changes nothing, so a job is never started through two rq jobs."""
+        raises StaleRqJob and changes nothing, so a job is never started through two rq jobs. `credential`: the
+        worker credential that started it through the API (renderfarm.worker_api); only that one may report on
+        this attempt (`attempt_credential`)."""
         ttl = heartbeat_ttl or self.heartbeat_ttl
 
         def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
@@ -222,12 +232,13 @@ class JobManager:
                 "attempts": str(n),
                 "started_at": now,
                 "worker": worker,
+                "credential": credential or "",
             }
             pipe.hset(mq_key(mjid), mapping=fields)
-            pipe.rpush(
-                attempts_key(mjid),
-                json.dumps({"attempt": n, "queue": h["queue"], "worker": worker, "started_at": now}),
-            )
+            record = {"attempt": n, "queue": h["queue"], "worker": worker, "started_at": now}
+            if credential:
+                record["credential"] = credential
+            pipe.rpush(attempts_key(mjid), json.dumps(record))
             pipe.set(heartbeat_key(mjid), str(n), px=int(ttl * 1000))
             pipe.sadd(started_key(), mjid)
             pipe.srem(queued_key(), mjid)
@@ -235,6 +246,13 @@ class JobManager:
             return fields
 
         return self._move(mjid, JobState.STARTED, change, rq_job=rq_job)
+
+    def attempt_credential(self, mjid: str) -> tuple[int, str | None]:
+        """(the job's current attempt number, the worker credential that started it through the API, or None)."""
+        attempts, credential = decode_list(self.redis.hmget(mq_key(self._checked(mjid)), ["attempts", "credential"]))
+        if attempts is None:
+            raise NoSuchJob(mjid)
+        return int(attempts), credential or None
 
     def claim(self, mjid: str, rq_job: str, *, ttl: float | None = None) -> None:
         """A worker has taken `rq_job` (which carries mjid) off its queue and is getting ready to start it (its

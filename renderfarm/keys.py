@@ -117,3 +117,10 @@ def claim_key(mjid: str) -> str:
     """Exists (with a TTL the worker keeps refreshing) while a worker has taken the job off its queue and is
     getting ready to start it; its value is the id of the rq job the worker took (a Redis string)."""
     return f"{PREFIX}:mq:{mjid}:claim"
+
+
+def image_name(mjid: str, attempt: int) -> str:
+    """The file name of the image one attempt made (in the API's renders folder). One file per attempt: the job
+    records the one its current attempt made, so a worker that was presumed lost and comes back can never replace
+    the image the job points to."""
+    return f"{mjid}-{attempt}.png"

@@ -24,6 +24,7 @@ own CLI reads them all from its environment the same way.
 | RENDERFARM_BLENDER              | blender        | FarmSettings.blender_path: a job's Blender without a warm one |
 | RENDERFARM_PREVIEW_SAMPLES      | 16             | FarmSettings.samples: the preview profile (renderfarm.quality) |
 | RENDERFARM_HD_SAMPLES           | 32             | FarmSettings.samples: the HD profile                         |
+| RENDERFARM_WORKER_CONFIG        | (none)         | FarmSettings.access: a worker file (WorkerAccess): API only  |
 | RENDERFARM_QUEUES               | pq,sq          | WorkerOptions: what `python -m renderfarm.worker` serves     |
 | RENDERFARM_WARM_BLENDER         | true           | WorkerOptions: keep one Blender loaded (false: one per job)  |
 | RENDERFARM_WARM_MAX_JOBS        | 50             | WorkerOptions: jobs a warm Blender serves before a fresh one |
@@ -38,7 +39,9 @@ read each time a connection is configured, so a rotated secret needs no restart 
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +184,61 @@ class Reliability:
         )
 
 
+WORKER_FILE_FORMAT = "renderdev-worker/1"
+
+
+@dataclass(frozen=True)
+class WorkerAccess:
+    """All a render worker on any host needs to take part in the stack's jobs: the file `invoke worker-config` writes
+    (JSON, mode 0600). The API's URL and this credential's worker token (renderfarm.worker_api), and its Redis user,
+    which reaches rq's keys only. No database credential, no renders folder: the worker uploads its images."""
+
+    name: str
+    api_url: str
+    token: str
+    redis_host: str
+    redis_port: int
+    redis_user: str
+    redis_password: str
+
+    def to_json(self) -> str:
+        return json.dumps({"format": WORKER_FILE_FORMAT, **self.__dict__}, indent=2) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path, *, private: bool = True) -> WorkerAccess:
+        """Read a worker file; RenderConfigError naming the file and what is wrong (unreadable, readable by others
+        when `private`, another format, a missing field). Not `private`: the copy renderdev mounts into worker
+        containers, kept in the stack's 0700 secrets folder with the mode compose mounts secrets with."""
+        hint = "make one with: invoke worker-config --name NAME --output FILE"
+        try:
+            mode = path.stat().st_mode
+            raw = json.loads(path.read_text())
+        except OSError as exc:
+            raise RenderConfigError(f"cannot read the worker file {path}: {exc.strerror} ({hint})") from exc
+        except ValueError as exc:
+            raise RenderConfigError(f"the worker file {path} is not JSON ({exc}; {hint})") from exc
+        if private and mode & (stat.S_IRWXG | stat.S_IRWXO) and not path.is_relative_to("/run/secrets"):
+            # compose mounts secrets with the host file's mode; anywhere else the file must be its owner's alone
+            raise RenderConfigError(
+                f"the worker file {path} is readable by others (mode {mode & 0o777:o}): chmod 600 {path}"
+            )
+        if not isinstance(raw, dict) or raw.get("format") != WORKER_FILE_FORMAT:
+            fmt = raw.get("format") if isinstance(raw, dict) else None
+            raise RenderConfigError(f"the worker file {path} has format {fmt!r}, not {WORKER_FILE_FORMAT!r} ({hint})")
+        try:
+            return cls(
+                name=str(raw["name"]),
+                api_url=str(raw["api_url"]).rstrip("/"),
+                token=str(raw["token"]),
+                redis_host=str(raw["redis_host"]),
+                redis_port=int(raw["redis_port"]),
+                redis_user=str(raw["redis_user"]),
+                redis_password=str(raw["redis_password"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RenderConfigError(f"the worker file {path} lacks or mangles {exc} ({hint})") from exc
+
+
 def _default_samples() -> Mapping[Quality, int]:
     return {quality: profile.samples for quality, profile in DEFAULT_PROFILES.items()}
 
@@ -197,6 +255,7 @@ class FarmSettings:
     renders_dir: Path = Path("/srv/renders")
     blender_path: str = "blender"
     samples: Mapping[Quality, int] = field(default_factory=_default_samples)
+    access: WorkerAccess | None = None  # a worker that reaches the stack only through the API and rq (its file)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> FarmSettings:
@@ -211,6 +270,7 @@ class FarmSettings:
             samples={
                 quality: v.number(samples_variable(quality), d.samples[quality], 1, MAX_SAMPLES) for quality in Quality
             },
+            access=WorkerAccess.from_file(access_file) if (access_file := v.path("WORKER_CONFIG")) else None,
         )
 
     def profile(self, quality: Quality | str) -> RenderProfile:

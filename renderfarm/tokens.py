@@ -1,4 +1,5 @@
-"""API tokens: one per user, made by `invoke seed-credits`, kept in Postgres only as a sha256.
+"""API tokens: one per user, made by `invoke seed-credits`, and one per worker credential, made by
+`invoke worker-config`; both kept in Postgres only as a sha256.
 
 A token is `secrets.token_urlsafe(32)` (256 random bits), so a plain sha256 is the right hash for it: no
 salt or slow hash is needed against guessing, and the hash can be looked up directly (a unique index on
@@ -18,7 +19,7 @@ import sqlalchemy.exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from renderfarm.db import User
+from renderfarm.db import User, WorkerCredential
 from renderfarm.errors import RenderfarmError
 
 TOKEN_BYTES = 32
@@ -38,6 +39,13 @@ class TokenUser:
 
     user_id: int
     email: str
+
+
+@dataclass(frozen=True)
+class TokenWorker:
+    """The worker credential a request's worker token belongs to (its name, which its Redis user shares)."""
+
+    name: str
 
 
 def new_token() -> str:
@@ -121,3 +129,36 @@ class Authenticator:
         if entry is None or time.monotonic() - entry[1] > self.grace:
             return None
         return entry[0]
+
+
+def find_token_worker(session: Session, token: str) -> TokenWorker | None:
+    """The credential whose token this is, unless it is revoked."""
+    row = session.execute(
+        select(WorkerCredential.name).where(
+            WorkerCredential.token_hash == token_hash(token), WorkerCredential.revoked_at.is_(None)
+        )
+    ).first()
+    return None if row is None else TokenWorker(name=row.name)
+
+
+class WorkerAuthenticator:
+    """Finds a worker token's credential in Postgres on every request, with no memory: a revoked credential is
+    refused at its next request. While Postgres is away a worker's request gets 503 and the worker retries (its
+    job's heartbeat lives in Redis meanwhile; the outcome it reports needs Postgres anyway)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def verify(self, token: str | None) -> TokenWorker:
+        if not token:
+            raise Unauthenticated(
+                "missing worker token: send 'Authorization: Bearer <token>' (a worker's token is in the file"
+                " invoke worker-config --name NAME writes)"
+            )
+        with self.sessions() as s:
+            found = find_token_worker(s, token)
+        if found is None:
+            raise Unauthenticated(
+                "unknown or revoked worker token: make a new worker file with invoke worker-config --name NAME --rotate"
+            )
+        return found

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Start redis-server with a password read from a file and AOF persistence in /data.
+# Start redis-server with its users in an ACL file in /data (the manager's password read from a secret) and AOF
+# persistence in /data.
 #
 # appendfsync always: Redis writes and fsyncs the AOF before it answers a write, so whatever the JobManager
 # was told is done (a job posted and charged, started, finished, queued again) survives redis-server being
@@ -10,21 +11,60 @@
 # start, heartbeat, scene read and finish) costs 3.6 ms a job with everysec and 5.4 ms with always
 # (500 jobs: 1.78 s vs 2.69 s, medians of 5), beside about 25 ms a job for a whole render through the queue.
 #
-# The password goes into a config file only the redis user can read, never onto a command line
-# (so neither `docker inspect` nor `ps` shows it). Extra arguments are passed on to redis-server.
+# Users: /data/users.acl (`aclfile`), in Redis's own data volume, so the render workers' users (granted by
+# provisioner/redis_acl.py with ACL SETUSER, then ACL SAVE) survive restarts and travel with the volume. At every
+# start this script rewrites the file's `user default ...` line from the secret: the manager (the API, the
+# JobManager, the provisioner), `on #<sha256 of the password> ~* &* +@all`; every other line is kept. The clear
+# password is in no file and on no command line (neither `docker inspect` nor `ps` shows it): only its SHA-256 is
+# written, and dash's builtin printf hands it to sha256sum through a pipe. The file is the redis user's, mode 0600
+# (Redis's own ACL SAVE writes it under this umask, 077, too). Extra arguments are passed on to redis-server.
+#
+# Why no `requirepass`, as found on Debian 12's Redis (7.0.15):
+# - with an aclfile, requirepass is ignored: the file's `user default` line decides (requirepass X beside a default
+#   line for Y: X is refused, Y works), while CONFIG GET requirepass still shows X;
+# - an aclfile without a `user default` line leaves the default user `on nopass ~* &* +@all`, open to anyone, both
+#   at start and after an ACL LOAD of such a file, with or without requirepass.
+# So the safe way is the one taken here: the file always has the default line before Redis starts (and only ACL
+# SAVE, which writes that line too, ever rewrites it while Redis runs; never ACL LOAD a file without it). A missing
+# aclfile stops Redis at start ("Error loading ACLs"), and `user` lines in redis.conf are refused beside an aclfile.
 set -eu
 
 pwfile="${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}"
 conf=/run/redis/redis.conf
+acl=/data/users.acl
 
 if [ ! -s "$pwfile" ]; then
     echo "renderdev-redis: no password in $pwfile (mount a secret there, or set REDIS_PASSWORD_FILE)" >&2
     exit 1
 fi
 
+if [ -L "$acl" ]; then
+    echo "renderdev-redis: $acl is a symbolic link; it must be a file (remove it: the next start writes one with the manager only)" >&2
+    exit 1
+fi
+
 umask 077
 mkdir -p /run/redis
 password="$(cat "$pwfile")"
+digest="$(printf '%s' "$password" | sha256sum)"
+unset password
+digest="${digest%% *}"
+
+# The default user's line first, from the secret; then every other line of the file as it was.
+tmp="$(mktemp "$acl.XXXXXX")"
+trap 'rm -f "$tmp"' EXIT
+printf 'user default on #%s ~* &* +@all\n' "$digest" > "$tmp"
+if [ -e "$acl" ]; then
+    grep -Ev '^[[:space:]]*user[[:space:]]+default([[:space:]]|$)' "$acl" >> "$tmp" || [ $? -eq 1 ]
+fi
+chmod 0600 "$tmp"
+if [ "$(id -u)" = 0 ]; then
+    chown redis:redis "$tmp"
+fi
+mv -f "$tmp" "$acl"
+trap - EXIT
+unset digest
+
 cat > "$conf" <<CONF
 bind * -::*
 port 6379
@@ -32,11 +72,10 @@ protected-mode yes
 dir /data
 appendonly yes
 appendfsync always
-requirepass "$password"
+aclfile $acl
 # Keyspace events for hashes: the API pushes each change of a job's ledger hash to the page (renderfarm/page.py).
 notify-keyspace-events Kh
 CONF
-unset password
 
 if [ "$(id -u)" = 0 ]; then
     chown redis:redis /data /run/redis "$conf"

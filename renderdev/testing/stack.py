@@ -122,10 +122,11 @@ def start_stack(client: docker.DockerClient, settings: Settings) -> RenderStack:
     from provisioner.console import make_console
     from provisioner.images import ensure_images
     from provisioner.secrets import ensure_secrets
+    from provisioner.services import ensure_renders_folder
 
     ensure_images(client, settings, make_console(), only=SERVICES)
     ensure_secrets(settings)
-    settings.renders_dir.mkdir(parents=True, exist_ok=True)
+    ensure_renders_folder(settings)  # the api container writes uploaded images there
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENDERDEV_")}
     env.update(compose_env(settings), COMPOSE_PROJECT_NAME=settings.project, **{OWNER_VAR: owner()})
     compose = _Compose(

@@ -6,13 +6,14 @@ RenderWorker that forked it (renderfarm.worker.render_worker.current_worker): it
 and the database connection it lends. Run by a worker that is no RenderWorker (rq's own CLI), it reads its
 settings from the RENDERFARM_* environment (renderfarm.settings) and connects on its own.
 
-The image is written to the renders folder, which the api container mounts and serves; the worker never talks
-to the API. The job is started only through the rq job that carries it (`JobManager.mark_started` is fenced by
-it). While Blender runs, a thread keeps the job's heartbeat alive (renderfarm.worker.liveness), so a worker that
-vanishes (SIGKILL, a VM gone without notice) is found by the reaper and its job retried on sq. A worker told to
-stop (SIGTERM, the cloud's preemption notice) gets ShutDownImminentException here: Blender is stopped and the
-job is put on sq at once, recorded as preempted; once the render is done, the notice no longer interrupts the
-recording of the outcome (`recording_only`).
+How the job reaches the stack is its link (renderfarm.worker.farm_link): a worker with a worker file talks only to
+the API (the image uploaded); the stack's own host worker uses the JobManager and writes the renders folder.
+The job is started only through the rq job that carries it (`JobManager.mark_started` is fenced by it). While
+Blender runs, a thread keeps the job's heartbeat alive (renderfarm.worker.liveness), so a worker that vanishes
+(SIGKILL, a VM gone without notice) is found by the reaper and its job retried on sq. A worker told to stop
+(SIGTERM, the cloud's preemption notice) gets ShutDownImminentException here: Blender is stopped and the job is
+put on sq at once, recorded as preempted; once the render is done, the notice no longer interrupts the recording
+of the outcome (`recording_only`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from renderfarm.quality import RenderProfile
 from renderfarm.scene import Scene, parse_scene
 from renderfarm.settings import FarmSettings
 from renderfarm.worker.blender_process import render_scene
+from renderfarm.worker.farm_link import ApiLink, FarmLink, ManagerLink
 from renderfarm.worker.liveness import Heartbeat
 from renderfarm.worker.own_manager import close_manager, open_manager
 from renderfarm.worker.render_worker import current_worker
@@ -51,12 +54,6 @@ log = logging.getLogger("renderfarm.worker.job")
 INTERRUPTING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGHUP})
 
 Renderer = Callable[[Scene, RenderProfile, Path], object]
-
-
-def image_name(mjid: str, attempt: int) -> str:
-    """One file per attempt: the job records the one its current attempt made, so a worker that was
-    presumed lost and comes back can never replace the image the job points to."""
-    return f"{mjid}-{attempt}.png"
 
 
 def job_settings() -> FarmSettings:
@@ -87,11 +84,15 @@ def render_job(mjid: str) -> str:
     return run_job(mjid, render_with_blender)
 
 
-def horse_manager(job: Job, settings: FarmSettings) -> tuple[JobManager, Callable[[], None]]:
-    """The JobManager for this job and what to call when the job is done with it.
+def horse_link(job: Job, settings: FarmSettings) -> FarmLink:
+    """How this job reaches the stack (renderfarm.worker.farm_link).
 
-    In a RenderWorker's work horse: the job's own Redis connection (rq's, already open) and the database
-    connection the worker lends its horses (renderfarm.worker.lent_database). Elsewhere: connections of its own."""
+    With a worker file (settings.access): the API, through an HTTP client of this horse's own (a pooled connection
+    never crosses a fork). Else, in a RenderWorker's work horse: the job's own Redis connection (rq's, already open)
+    and the database connection the worker lends its horses (renderfarm.worker.lent_database). Elsewhere:
+    connections of its own."""
+    if settings.access is not None:
+        return ApiLink(settings.access)
     worker = current_worker()
     lent = worker.lent if worker is not None else None
     func = job.func_name or RENDER_FUNC  # a retry on sq runs the same function
@@ -103,10 +104,10 @@ def horse_manager(job: Job, settings: FarmSettings) -> tuple[JobManager, Callabl
             max_lost=settings.reliability.max_lost,
             job_func=func,
         )
-        return manager, lent.release
-    manager = open_manager(settings)
-    manager.job_func = func
-    return manager, lambda: close_manager(manager)
+        return ManagerLink(manager, settings.renders_dir, close=lent.release)
+    own = open_manager(settings)
+    own.job_func = func
+    return ManagerLink(own, settings.renders_dir, close=lambda: close_manager(own))
 
 
 def recording_only() -> None:
@@ -123,43 +124,45 @@ def run_job(mjid: str, render: Renderer) -> str:
     if job is None:
         raise RenderfarmError(f"job {mjid}: run_job runs inside an rq job (a worker's work horse), not on its own")
     settings = job_settings()
-    manager, done = horse_manager(job, settings)
+    link = horse_link(job, settings)
     try:
-        worker = job.worker_name or f"pid-{os.getpid()}"
-        view = manager.mark_started(mjid, worker, rq_job=job.id)
-        attempt = view.attempts
-        requeue_reason = Outcome.PREEMPTED if view.queue == QueueName.PREEMPTIBLE else Outcome.INTERRUPTED
-        beat = Heartbeat(manager, mjid, attempt)
-        beat.start()
-        out = settings.renders_dir / image_name(mjid, attempt)
-        try:
-            render(parse_scene(manager.scene(mjid)), settings.profile(view.quality), out)
-        except ShutDownImminentException:
-            recording_only()
-            manager.retry_on_standard(mjid, requeue_reason, attempt=attempt)
-            return f"{requeue_reason}: requeued on sq"
-        except BlenderRenderError as exc:
-            recording_only()
-            if interrupted(exc):
-                manager.retry_on_standard(mjid, Outcome.INTERRUPTED, attempt=attempt, error=str(exc))
-                return f"interrupted ({exc.reason}): requeued on sq"
-            manager.mark_failed(mjid, str(exc), attempt=attempt)
-            raise
-        except (RenderConfigError, ValueError) as exc:
-            recording_only()
-            manager.mark_failed(mjid, str(exc), attempt=attempt)
-            raise
-        finally:
-            beat.stop()
-        recording_only()
-        try:
-            manager.mark_finished(mjid, out.name, attempt=attempt)
-        except StaleAttempt:
-            out.unlink(missing_ok=True)
-            raise
-        return "finished"
+        with tempfile.TemporaryDirectory(prefix="renderfarm-job-") as work_dir:
+            return attempt_job(link, job, mjid, settings, render, Path(work_dir))
     except (StaleAttempt, StaleRqJob) as exc:
         log.warning("%s: the job moved on without this worker; its result is dropped", exc)
         return "stale"
     finally:
-        done()
+        link.close()
+
+
+def attempt_job(link: FarmLink, job: Job, mjid: str, settings: FarmSettings, render: Renderer, work_dir: Path) -> str:
+    """One attempt: started through `job` (the rq job), rendered with a heartbeat, and its end reported."""
+    worker = job.worker_name or f"pid-{os.getpid()}"
+    started = link.start(mjid, worker, job.id)
+    attempt = started.attempt
+    requeue_reason = Outcome.PREEMPTED if started.queue == QueueName.PREEMPTIBLE else Outcome.INTERRUPTED
+    beat = Heartbeat(link, mjid, attempt)
+    beat.start()
+    out = link.output_path(mjid, attempt, work_dir)
+    try:
+        render(parse_scene(started.scene), settings.profile(started.quality), out)
+    except ShutDownImminentException:
+        recording_only()
+        link.requeue(mjid, attempt, requeue_reason)
+        return f"{requeue_reason}: requeued on sq"
+    except BlenderRenderError as exc:
+        recording_only()
+        if interrupted(exc):
+            link.requeue(mjid, attempt, Outcome.INTERRUPTED, error=str(exc))
+            return f"interrupted ({exc.reason}): requeued on sq"
+        link.fail(mjid, attempt, str(exc))
+        raise
+    except (RenderConfigError, ValueError) as exc:
+        recording_only()
+        link.fail(mjid, attempt, str(exc))
+        raise
+    finally:
+        beat.stop()
+    recording_only()
+    link.finish(mjid, attempt, out)
+    return "finished"

@@ -27,15 +27,18 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+from redis.exceptions import AuthenticationError
 from rq import Queue
 from rq.utils import now
 from rq.worker import HerokuWorker
 
-from renderfarm.errors import ServiceUnavailable
+from renderfarm.clients import make_worker_redis
+from renderfarm.errors import CredentialRefused, RenderfarmError, ServiceUnavailable
 from renderfarm.jobs import JobManager
 from renderfarm.keys import QueueName
 from renderfarm.reaper import Reaper
 from renderfarm.settings import FarmSettings
+from renderfarm.worker.farm_link import ApiLink, FarmLink, ManagerLink
 from renderfarm.worker.lent_database import LentDatabase
 from renderfarm.worker.liveness import Claim
 from renderfarm.worker.own_manager import close_manager, open_manager
@@ -53,7 +56,7 @@ class RenderWorker(HerokuWorker):
         self,
         *args: Any,
         settings: FarmSettings | None = None,
-        manager: JobManager | None = None,
+        link: FarmLink | None = None,
         warm_blender: WarmBlender | None = None,
         lent: LentDatabase | None = None,
         **kwargs: Any,
@@ -62,10 +65,11 @@ class RenderWorker(HerokuWorker):
         from Redis, e.g. Worker.all, with rq's arguments alone)."""
         super().__init__(*args, **kwargs)
         self.settings = settings if settings is not None else FarmSettings()
-        self.manager = manager  # the main process's own: the claims
+        self.link = link  # the main process's own: the claims
         self.warm_blender = warm_blender
         self.lent = lent
         self._warm_for_job: WarmBlender | None = None
+        self.refused: CredentialRefused | None = None  # the API refused the credential: the worker stopped
 
     def _install_signal_handlers(self) -> None:
         super()._install_signal_handlers()
@@ -99,9 +103,17 @@ class RenderWorker(HerokuWorker):
     def execute_job(self, job: Any, queue: Any) -> Any:
         # Claimed first: the warm Blender may take long to start, and the orphan rescue must wait for it.
         mjid = job.args[0] if job.args and isinstance(job.args[0], str) else None
-        claim = Claim(self.manager, mjid, job.id) if mjid is not None and self.manager is not None else None
+        claim = Claim(self.link, mjid, job.id) if mjid is not None and self.link is not None else None
         if claim is not None:
             claim.start()
+            if claim.refused is not None:
+                # The credential was revoked (or replaced): take no job any more. This rq job fails here; the job
+                # itself stays queued in the ledger, unclaimed, and the orphan rescue puts it on its queue again.
+                log.error("worker %s stops: %s", self.name, claim.refused)
+                self.refused = claim.refused
+                self.handle_job_failure(job, queue, exc_string=str(claim.refused))
+                self._shutdown()
+                return None
         try:
             return super().execute_job(job, queue)
         finally:
@@ -155,42 +167,75 @@ def serve(
     preemption: PreemptionWatcher | None = None,
 ) -> None:
     """Serve the queues (in that order) until stopped (or, with burst, until they are empty): a RenderWorker
-    with its warm Blender (None: one Blender process per job), its lent database connection, the reaper and the
-    preemption watcher. ServiceUnavailable when Redis does not answer; Postgres away is not fatal (each job
-    then connects on its own)."""
-    manager = open_manager(settings)
-    try:
-        manager.redis.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis is the same: it does not answer
-        close_manager(manager)
+    with its warm Blender (None: one Blender process per job) and, on a cloud VM, the preemption watcher.
+
+    With a worker file (settings.access) it reaches the stack only through the API and its own Redis user (rq's
+    keys): no database, no reaper (the API runs one). Else it is the stack's own host worker: the JobManager on the
+    stack's Redis, a database connection lent to its horses, and a reaper beside the API's. ServiceUnavailable when
+    Redis does not answer; Postgres away is not fatal (each job then connects on its own)."""
+    if settings.access is not None:
+        redis = make_worker_redis(settings.access)
+        where = f"{settings.access.redis_host}:{settings.access.redis_port} as {settings.access.redis_user}"
+    else:
+        manager = open_manager(settings)
+        redis = manager.redis
         where = f"{settings.service.redis_host}:{settings.service.redis_port}"
-        raise ServiceUnavailable(f"Redis at {where} does not answer ({exc})") from exc
-    settings.renders_dir.mkdir(parents=True, exist_ok=True)
-    lent = LentDatabase(settings.service)
     try:
-        lent.open(warm=lambda sessions: JobManager(manager.redis, sessions).warm_statements())
-    except Exception as exc:  # noqa: BLE001 - not fatal: each job then connects on its own
-        log.warning("no database connection to lend the work horses (%s): each job connects itself", exc)
-    helpers: list[Reaper | PreemptionWatcher] = [Reaper(manager, settings.reliability.reap_interval)]
+        redis.ping()
+    except AuthenticationError as exc:
+        redis.close()
+        if settings.access is None:
+            raise ServiceUnavailable(f"Redis at {where} refuses the stack's password ({exc})") from exc
+        raise CredentialRefused(
+            f"the stack's Redis at {where} refuses worker credential {settings.access.name!r} ({exc})"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any other failure to reach Redis is the same: it does not answer
+        redis.close()
+        raise ServiceUnavailable(f"Redis at {where} does not answer ({exc})") from exc
+    link: FarmLink
+    lent: LentDatabase | None = None
+    helpers: list[Reaper | PreemptionWatcher] = []
+    if settings.access is not None:
+        api_link = ApiLink(settings.access)
+        try:
+            api_link.check()  # a wrong or revoked worker file stops the worker here, before it takes any job
+        except RenderfarmError:
+            api_link.close()
+            redis.close()
+            raise
+        link = api_link
+    else:
+        link = ManagerLink(manager, settings.renders_dir, close=lambda: close_manager(manager))
+        settings.renders_dir.mkdir(parents=True, exist_ok=True)
+        lent = LentDatabase(settings.service)
+        try:
+            lent.open(warm=lambda sessions: JobManager(manager.redis, sessions).warm_statements())
+        except Exception as exc:  # noqa: BLE001 - not fatal: each job then connects on its own
+            log.warning("no database connection to lend the work horses (%s): each job connects itself", exc)
+        helpers.append(Reaper(manager, settings.reliability.reap_interval))
     if preemption is not None:
         helpers.append(preemption)
     for h in helpers:
         h.start()
     try:
         worker = RenderWorker(
-            [Queue(q, connection=manager.redis) for q in queues],
-            connection=manager.redis,
+            [Queue(q, connection=redis) for q in queues],
+            connection=redis,
             name=name,
             settings=settings,
-            manager=manager,
+            link=link,
             warm_blender=warm_blender,
             lent=lent,
         )
         worker.work(burst=burst, logging_level="INFO", with_scheduler=False)
+        if worker.refused is not None:
+            raise worker.refused
     finally:
         for h in helpers:
             h.stop()
         if warm_blender is not None:
             warm_blender.stop()
-        lent.close()
-        close_manager(manager)
+        if lent is not None:
+            lent.close()
+        link.close()
+        redis.close()

@@ -21,10 +21,11 @@ import pytest
 import redis
 from docker import DockerClient
 
+from provisioner.compose import CONTAINER_UID as WORKER_UID
 from provisioner.config import Settings
-from provisioner.dockerapi import project_containers
+from provisioner.dockerapi import project_containers, service_container
 from provisioner.images import HASH_LABEL, api_blender_version, context_hash, find_image
-from provisioner.workers import WORKER_UID, worker_containers
+from provisioner.workers import worker_containers
 from renderfarm.keys import mq_key
 from renderfarm.png import png_size
 from tests.conftest import declared_blender_version
@@ -158,7 +159,8 @@ def test_two_container_workers_render_each_preview_once_and_status_lists_them(
         host = str(history[0]["worker"]).split("-render-")[0]
         assert host in hosts, f"{mjid} was rendered by {history[0]['worker']}, not by a worker container"
         done_by.add(hosts[host])
-        assert png(api, user, mjid, tmp_path) == (640, 360)  # written by the container, served by the api
+        assert history[0]["credential"] == "containers", history  # the containers' worker credential
+        assert png(api, user, mjid, tmp_path) == (640, 360)  # uploaded by the container, stored by the api
         assert sorted(p.name for p in stack.renders_dir.glob(f"{mjid}*")) == [f"{mjid}-1.png"]
     assert done_by == set(hosts.values()), f"only {done_by} rendered; containers: {sorted(hosts.values())}"
 
@@ -170,6 +172,28 @@ def test_two_container_workers_render_each_preview_once_and_status_lists_them(
         assert w["heartbeat_age"] is not None and w["heartbeat_age"] >= 0, w
     text = invoke(stack, "status").stdout
     assert "Render workers: 2" in text and all(name in text for name in hosts.values()), text
+
+
+def test_worker_containers_hold_no_database_credential_and_cannot_reach_the_database(
+    docker_client: DockerClient, stack: Settings
+) -> None:
+    """Least privilege: a worker container has its worker file only (no database password, no Redis manager
+    password, no renders folder), and the database is not on its network; Redis and the api are."""
+    workers(stack, "--replicas", "1")
+    container = next(c for c in worker_containers(docker_client, stack.project) if c.status == "running")
+    env = "\n".join(container.attrs["Config"]["Env"])
+    assert "RENDERFARM_DB_" not in env and "REDIS_PASSWORD" not in env, env
+    assert [m["Destination"] for m in container.attrs["Mounts"]] == ["/run/secrets/worker_config"]
+    code, out = container.exec_run(["ls", "/run/secrets"])
+    assert out.decode().split() == ["worker_config"], out
+    for host, reachable in (("db", False), ("redis", True), ("api", True)):
+        code, out = container.exec_run(["getent", "hosts", host])
+        assert (code == 0) is reachable, (host, code, out)
+    # The api's database does answer on the api's side of the stack: the refusal above is the network's.
+    api_container = service_container(docker_client, stack.project, "api")
+    assert api_container is not None
+    code, out = api_container.exec_run(["getent", "hosts", "db"])
+    assert code == 0, out
 
 
 def test_scaling_to_zero_preempts_the_job_in_hand_and_a_later_worker_finishes_it(

@@ -49,11 +49,11 @@ def test_stack_comes_up_healthy_private_and_goes_away(
     cleanup_project.append(settings.project)
 
     steps = plan_services(docker_client, settings)
-    assert [s.needed for s in steps] == [True, True]
+    assert [s.needed for s in steps] == [True, True, True]  # secrets, renders folder, compose
     started = time.monotonic()
     outcome = apply_steps(make_console(), steps, dry_run=False)
     took = time.monotonic() - started
-    assert len(outcome.changed) == 2, outcome
+    assert len(outcome.changed) == 3, outcome
     print(f"stack up and healthy in {took:.1f} s: {outcome.changed[-1]}")
 
     secrets = read_secrets(settings)
@@ -118,7 +118,7 @@ def test_stack_comes_up_healthy_private_and_goes_away(
     # the old inode), and Redis data outlives its container.
     secret_path(settings, "redis_password").write_text("edited in place")
     steps = plan_services(docker_client, settings)
-    assert [s.needed for s in steps] == [True, True] and "recreating" in steps[1].detail
+    assert [s.needed for s in steps] == [True, False, True] and "recreating" in steps[-1].detail
     apply_steps(make_console(), steps, dry_run=False)
     recreated = service_container(docker_client, settings.project, "redis")
     assert recreated is not None and recreated.id != redis_container.id
@@ -131,7 +131,7 @@ def test_stack_comes_up_healthy_private_and_goes_away(
     db_container.stop(timeout=10)
     by_name = {c.name.split()[1]: c for c in check_services(docker_client, settings)}
     assert not by_name["db"].ok and "exited" in by_name["db"].state and by_name["db"].fix == "invoke services"
-    assert plan_services(docker_client, settings)[1].needed
+    assert plan_services(docker_client, settings)[-1].needed
 
     said = down(docker_client, settings, volumes=True)
     assert "removed 3 container(s) and 2 volume(s)" in said

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from provisioner import compose
-from provisioner.compose import ComposeDriver, compose_argv, compose_env, detect_driver
+from provisioner.compose import ComposeDriver, compose_argv, compose_env, container_user, detect_driver
 from provisioner.config import load_settings
 from provisioner.errors import DockerError
 from provisioner.workers import worker_variables
@@ -98,6 +98,7 @@ def test_compose_env_and_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         "RENDERDEV_DB_NAME": "renderfarm",
         "RENDERDEV_SECRETS_DIR": str(tmp_path / "state" / "rdunit" / "secrets"),
         "RENDERDEV_RENDERS_DIR": str(tmp_path / "state" / "rdunit" / "renders"),
+        "RENDERDEV_API_USER": container_user(),
         "RENDERDEV_HD_PRICE": "10",
         "RENDERDEV_HEARTBEAT_TTL": "20.0",
         "RENDERDEV_REAP_INTERVAL": "5.0",

@@ -80,6 +80,9 @@ def test_blender_path_is_the_link_or_plain_blender(tmp_path: Path) -> None:
 
 
 def test_the_api_loads_no_worker_code() -> None:
-    code = "import sys, renderfarm.core; print(sorted(m for m in sys.modules if m.startswith('renderfarm.worker')))"
+    code = (
+        "import sys, renderfarm.core;"
+        " print(sorted(m for m in sys.modules if m == 'renderfarm.worker' or m.startswith('renderfarm.worker.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from provisioner.compose import CONTAINER_UID as WORKER_UID
+from provisioner.compose import container_user as worker_user
 from provisioner.config import REPO_ROOT, load_settings
 from provisioner.errors import BlenderError, ConfigError
 from provisioner.images import api_blender_version, build_args, context_hash, worker_blender
-from provisioner.workers import WORKER_UID, parse_replicas, worker_user
+from provisioner.workers import parse_replicas
 from renderfarm.errors import RenderConfigError
 from renderfarm.keys import QueueName
 from renderfarm.settings import WorkerOptions
