@@ -81,6 +81,7 @@ class JobView:
     error: str | None
     image: str | None
     price: int
+    credential: str | None = None  # the worker credential that started the current attempt through the API
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobView:
@@ -97,6 +98,7 @@ class JobView:
             error=h.get("error") or None,
             image=h.get("image") or None,
             price=int(h.get("price", 0)),
+            credential=h.get("credential") or None,
         )
 
 
@@ -221,7 +223,7 @@ class JobManager:
         worker: when the job was queued again meanwhile (the orphan rescue made another rq job carry it), this
         raises StaleRqJob and changes nothing, so a job is never started through two rq jobs. `credential`: the
         worker credential that started it through the API (renderfarm.worker_api); only that one may report on
-        this attempt (`attempt_credential`)."""
+        this attempt (JobView.credential)."""
         ttl = heartbeat_ttl or self.heartbeat_ttl
 
         def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
@@ -246,13 +248,6 @@ class JobManager:
             return fields
 
         return self._move(mjid, JobState.STARTED, change, rq_job=rq_job)
-
-    def attempt_credential(self, mjid: str) -> tuple[int, str | None]:
-        """(the job's current attempt number, the worker credential that started it through the API, or None)."""
-        attempts, credential = decode_list(self.redis.hmget(mq_key(self._checked(mjid)), ["attempts", "credential"]))
-        if attempts is None:
-            raise NoSuchJob(mjid)
-        return int(attempts), credential or None
 
     def claim(self, mjid: str, rq_job: str, *, ttl: float | None = None) -> None:
         """A worker has taken `rq_job` (which carries mjid) off its queue and is getting ready to start it (its

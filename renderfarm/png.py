@@ -31,6 +31,7 @@ def png_problem(data: bytes, size: tuple[int, int]) -> str | None:
     is left to the reader (zlib's own checks); this refuses truncated or padded uploads and images of another job."""
     if data[:8] != SIGNATURE:
         return "not a PNG (no PNG signature)"
+    view = memoryview(data)  # chunks are checked in place: an image of megabytes is never copied
     pos, first = 8, True
     while pos + 12 <= len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
@@ -39,7 +40,7 @@ def png_problem(data: bytes, size: tuple[int, int]) -> str | None:
         if end > len(data):
             return f"truncated in its {kind.decode('latin-1')!r} chunk"
         (crc,) = struct.unpack(">I", data[end - 4 : end])
-        if zlib.crc32(data[pos + 4 : end - 4]) != crc:
+        if zlib.crc32(view[pos + 4 : end - 4]) != crc:
             return f"bad CRC in its {kind.decode('latin-1')!r} chunk"
         if first:
             if kind != b"IHDR" or length != 13:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from renderfarm.api_deps import Manager, WorkerMe, answers, clip
 from renderfarm.errors import ImageRejected, StaleAttempt, StorageUnavailable, UnsupportedImage
-from renderfarm.jobs import JobManager
+from renderfarm.jobs import JobManager, JobView
 from renderfarm.keys import JobState, Outcome, image_name
 from renderfarm.png import png_problem
 from renderfarm.quality import profile_for
@@ -87,14 +87,14 @@ def images_dir(request: Request) -> Path:
     return folder
 
 
-def own_attempt(jm: JobManager, mjid: str, attempt: int, me: TokenWorker) -> None:
-    """The attempt must be the job's current one (409 otherwise) and have been started with this credential (403)."""
-    current, credential = jm.attempt_credential(mjid)
-    if attempt != current:
-        state = jm.get(mjid).state
-        raise StaleAttempt(mjid, attempt, current, state.value)
-    if credential != me.name:
+def own_attempt(jm: JobManager, mjid: str, attempt: int, me: TokenWorker) -> JobView:
+    """The job, whose current attempt this must be (409 otherwise), started with this credential (403)."""
+    view = jm.get(mjid)
+    if attempt != view.attempts:
+        raise StaleAttempt(mjid, attempt, view.attempts, view.state.value)
+    if view.credential != me.name:
         raise Forbidden(f"worker credential {me.name} did not start attempt {attempt} of job {mjid}")
+    return view
 
 
 class Claimed(BaseModel):
@@ -141,7 +141,8 @@ def heartbeat(mjid: JobId, attempt: Attempt, me: WorkerMe, jm: Manager) -> Respo
     """The attempt is alive; 409 once it is no longer the job's current one (stop rendering: nobody wants it)."""
     own_attempt(jm, mjid, attempt, me)
     if not jm.heartbeat(mjid, attempt):
-        raise StaleAttempt(mjid, attempt, jm.get(mjid).attempts, jm.get(mjid).state.value)
+        now = jm.get(mjid)
+        raise StaleAttempt(mjid, attempt, now.attempts, now.state.value)
     return Response(status_code=204)
 
 
@@ -163,8 +164,7 @@ def upload_image(
     renders folder, then the job is finished. 409 when the attempt is stale: the image is not kept."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "image/png":
         raise UnsupportedImage("send the image as Content-Type: image/png")
-    own_attempt(jm, mjid, attempt, me)
-    view = jm.get(mjid)
+    view = own_attempt(jm, mjid, attempt, me)
     profile = profile_for(view.quality)
     problem = png_problem(image, (profile.width, profile.height))
     if problem is not None:
