@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 
 from provisioner import proc
 from provisioner.config import Settings
+from provisioner.dockerapi import engine_version as engine_version  # asked once per client; tests import it here
 from provisioner.errors import CommandError, HostWriteError
 from provisioner.plan import Check, Step, StepState
 
@@ -99,7 +100,18 @@ class Iptables:
         return self.run("-S", CHAIN).stdout or ""
 
     def backend(self) -> str:
-        """The backend, as `iptables --version` names it: iptables-nft or iptables-legacy (else: iptables)."""
+        """The backend, as `iptables --version` names it: iptables-nft or iptables-legacy (else: iptables).
+
+        Only words for the plan and the status line: no check depends on them. Debian's iptables (through
+        update-alternatives, as on most distributions) is a link to its backend's multi-call binary,
+        xtables-nft-multi or xtables-legacy-multi, which is what `--version` reports from: the link's target names
+        the backend without starting a process. Any other layout (or a prefix such as `ip netns exec`) is asked."""
+        found = shutil.which(self.argv[0]) if len(self.argv) == 1 else None
+        target = os.path.basename(os.path.realpath(found)) if found else ""
+        if target.startswith("xtables-nft"):
+            return "iptables-nft"
+        if target.startswith("xtables-legacy"):
+            return "iptables-legacy"
         try:
             out = proc.run([*self.argv, "--version"], timeout=TIMEOUT, check=False).stdout or ""
         except CommandError:
@@ -280,10 +292,6 @@ def diff(listing: list[Listed], project: str, wanted: list[Rule]) -> Diff:
 
 
 # ---------------------------------------------------------------- engine
-
-
-def engine_version(client: docker.DockerClient) -> str:
-    return str(client.version().get("Version", "?"))
 
 
 def engine_major(version: str) -> int | None:

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,11 +125,19 @@ def build_args(settings: Settings, name: str | None = None) -> dict[str, str]:
     return args
 
 
-def context_hash(settings: Settings, name: str, base_id: str, *, root: Path = REPO_ROOT) -> str:
-    """The digest an up-to-date image `name` carries in its HASH_LABEL. Pure: reads files only."""
+def context_hash(
+    settings: Settings,
+    name: str,
+    base_id: str,
+    *,
+    root: Path = REPO_ROOT,
+    wheelhouse_parts: Mapping[str, str] | None = None,
+) -> str:
+    """The digest an up-to-date image `name` carries in its HASH_LABEL. Pure: reads files only. `wheelhouse_parts`:
+    the wheelhouse's part digests when the caller read them already (see plan_images)."""
     extra = {"base_image_id": base_id, **{f"arg {k}": v for k, v in build_args(settings, name).items()}}
     if name in WHEELHOUSE_IMAGES:
-        extra["wheelhouse"] = wheelhouse.inputs_digest(settings, root)
+        extra["wheelhouse"] = wheelhouse.inputs_digest(settings, root, parts=wheelhouse_parts)
     return digest_tree(context_dir(settings, name), exclude=("wheels",), extra=extra)
 
 
@@ -139,12 +147,18 @@ def context_hash(settings: Settings, name: str, base_id: str, *, root: Path = RE
 def plan_images(
     client: docker.DockerClient, settings: Settings, console: Console, *, only: Sequence[str] = BUILT
 ) -> list[Step]:
-    """Base image, api wheelhouse, then redis, db, api, worker (or those of `only`): each "ok" or what would change."""
-    steps = [_plan_base(client, settings, console), wheelhouse.plan_wheelhouse(settings, console)]
+    """Base image, api wheelhouse, then redis, db, api, worker (or those of `only`): each "ok" or what would change.
+
+    The base image is looked up once, and the wheelhouse's inputs (requirements.txt, the renderfarm sources) are read
+    and hashed once, for the wheelhouse step and for the api and worker images' context hashes alike: nothing is
+    applied between those reads, so one read is the same check as two (and a consistent one)."""
     base = find_image(client, settings.base_image)
+    steps = [_plan_base(client, settings, console, base)]
+    parts = wheelhouse.part_digests(settings)
+    steps.append(wheelhouse.plan_wheelhouse(settings, console, parts=parts))
     for name in BUILT:
         if name in only:
-            steps.append(_plan_build(client, settings, console, name, base.id if base else None))
+            steps.append(_plan_build(client, settings, console, name, base.id if base else None, parts))
     return steps
 
 
@@ -156,9 +170,8 @@ def ensure_images(
     return run_steps(console, steps, dry_run=False, heading="Plan: images")
 
 
-def _plan_base(client: docker.DockerClient, settings: Settings, console: Console) -> Step:
+def _plan_base(client: docker.DockerClient, settings: Settings, console: Console, image: Image | None) -> Step:
     title = f"base image {settings.base_image}"
-    image = find_image(client, settings.base_image)
     if image is not None:
         return Step("images", title, StepState.OK, short_id(image.id))
     return Step(
@@ -171,7 +184,12 @@ def _plan_base(client: docker.DockerClient, settings: Settings, console: Console
 
 
 def _plan_build(
-    client: docker.DockerClient, settings: Settings, console: Console, name: str, base_id: str | None
+    client: docker.DockerClient,
+    settings: Settings,
+    console: Console,
+    name: str,
+    base_id: str | None,
+    wheelhouse_parts: Mapping[str, str],
 ) -> Step:
     tag = settings.image(name)
     title = f"image {tag}"
@@ -189,7 +207,7 @@ def _plan_build(
     image = find_image(client, tag)
     if image is None:
         return Step("images", title, StepState.CHANGE, f"build from {context_dir(settings, name)}", apply=apply)
-    if image.labels.get(HASH_LABEL) == context_hash(settings, name, base_id):
+    if image.labels.get(HASH_LABEL) == context_hash(settings, name, base_id, wheelhouse_parts=wheelhouse_parts):
         return Step("images", title, StepState.OK, short_id(image.id))
     inputs = f"{context_dir(settings, name)}, the base image"
     if name in WHEELHOUSE_IMAGES:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from provisioner import compose
 from provisioner.config import SERVICES, Settings
-from provisioner.dockerapi import PROJECT_LABEL, project_containers, service_container
+from provisioner.dockerapi import PROJECT_LABEL, project_containers, service_container, service_containers
 from provisioner.errors import ConfigError, DockerError
 from provisioner.fsops import atomic_write_text
 from provisioner.images import find_image
@@ -143,11 +143,16 @@ def ensure_renders_folder(settings: Settings) -> str:
 
 def service_state(client: docker.DockerClient, settings: Settings, service: str) -> ServiceState:
     c = service_container(client, settings.project, service)
+    return _service_state(client, settings, service, c, compose.compose_env(settings)[compose.CONFIG_HASH_VAR])
+
+
+def _service_state(
+    client: docker.DockerClient, settings: Settings, service: str, c: Container | None, wanted_config: str
+) -> ServiceState:
     if c is None:
         return ServiceState(service, None, "missing", None, False)
     state = _state_of(c)
     image = find_image(client, settings.image(service))
-    wanted_config = compose.compose_env(settings)[compose.CONFIG_HASH_VAR]
     return ServiceState(
         service=service,
         container=c.name,
@@ -159,7 +164,11 @@ def service_state(client: docker.DockerClient, settings: Settings, service: str)
 
 
 def service_states(client: docker.DockerClient, settings: Settings) -> list[ServiceState]:
-    return [service_state(client, settings, svc) for svc in SERVICES]
+    """Each service's state, as service_state finds it, from one listing of the project's containers (and the
+    compose config hash worked out once: it depends on the settings and the compose files only)."""
+    containers = service_containers(client, settings.project, SERVICES)
+    wanted_config = compose.compose_env(settings)[compose.CONFIG_HASH_VAR]
+    return [_service_state(client, settings, svc, containers.get(svc), wanted_config) for svc in SERVICES]
 
 
 # ---------------------------------------------------------------- plan
@@ -249,9 +258,14 @@ def plan_ports(client: docker.DockerClient, settings: Settings) -> tuple[Setting
     changes: dict[str, int] = {}
     notes: list[str] = []
     avoid = {int(getattr(settings, key)) for key in PORT_SETTINGS.values()}
+    ours: dict[str, Container] | None = None  # the stack's own containers, listed once when a port is ours to choose
     for svc, key in PORT_SETTINGS.items():
         port = int(getattr(settings, key))
-        if key in settings.explicit_ports or port in _published_ports(service_container(client, settings.project, svc)):
+        if key in settings.explicit_ports:
+            continue
+        if ours is None:
+            ours = service_containers(client, settings.project, tuple(PORT_SETTINGS))
+        if port in _published_ports(ours.get(svc)):
             continue
         if not port_taken(port, settings.bind_host):
             continue

@@ -20,7 +20,7 @@ import shutil
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -84,16 +84,17 @@ def part_digests(settings: Settings, root: Path = REPO_ROOT) -> dict[str, str]:
     return {"deps": deps_digest(settings), "project": project_digest(root)}
 
 
-def inputs_digest(settings: Settings, root: Path = REPO_ROOT) -> str:
-    """One digest of everything the wheelhouse is made from (part of the api image's context hash)."""
-    parts = part_digests(settings, root)
+def inputs_digest(settings: Settings, root: Path = REPO_ROOT, *, parts: Mapping[str, str] | None = None) -> str:
+    """One digest of everything the wheelhouse is made from (part of the api image's context hash). `parts`: the
+    part_digests the caller read already (a plan reads the inputs once for the wheelhouse and the images)."""
+    parts = part_digests(settings, root) if parts is None else parts
     return hashlib.sha256("".join(f"{k}={v}\n" for k, v in sorted(parts.items())).encode()).hexdigest()
 
 
-def stale_parts(settings: Settings, root: Path = REPO_ROOT) -> list[str]:
-    """The parts whose stamp does not match their inputs (or that are missing)."""
+def stale_parts(settings: Settings, root: Path = REPO_ROOT, *, parts: Mapping[str, str] | None = None) -> list[str]:
+    """The parts whose stamp does not match their inputs (or that are missing). `parts`: as for inputs_digest."""
     stale = []
-    for part, digest in part_digests(settings, root).items():
+    for part, digest in (part_digests(settings, root) if parts is None else parts).items():
         stamp = wheelhouse_dir(settings) / part / STAMP
         try:
             current = stamp.read_text().strip()
@@ -104,10 +105,12 @@ def stale_parts(settings: Settings, root: Path = REPO_ROOT) -> list[str]:
     return stale
 
 
-def plan_wheelhouse(settings: Settings, console: Console, root: Path = REPO_ROOT) -> Step:
+def plan_wheelhouse(
+    settings: Settings, console: Console, root: Path = REPO_ROOT, *, parts: Mapping[str, str] | None = None
+) -> Step:
     where = wheelhouse_dir(settings)
     title = f"api wheelhouse {where}"
-    stale = stale_parts(settings, root)
+    stale = stale_parts(settings, root, parts=parts)
     if not stale:
         return Step("images", title, StepState.OK, "up to date")
     what = {"deps": "download dependency wheels", "project": "build the renderdev wheel"}

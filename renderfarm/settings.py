@@ -45,12 +45,14 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from renderfarm.errors import RenderConfigError
 from renderfarm.keys import QueueName
 from renderfarm.quality import DEFAULT_PROFILES, MAX_SAMPLES, Quality, RenderProfile, profile_for
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL  # imported when a URL is made: `invoke setup` reads settings, never a database
 
 PREFIX = "RENDERFARM_"
 
@@ -146,6 +148,8 @@ class ServiceSettings:
 
     def db_url(self) -> URL:
         """The SQLAlchemy URL (psycopg 3 driver); the password is read from its file now."""
+        from sqlalchemy.engine import URL
+
         return URL.create(
             "postgresql+psycopg",
             username=self.db_user,

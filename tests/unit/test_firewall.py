@@ -15,6 +15,7 @@ from provisioner import firewall
 from provisioner.config import load_settings
 from provisioner.errors import HostWriteError
 from provisioner.firewall import (
+    Iptables,
     Rule,
     comment_for,
     diff,
@@ -66,6 +67,36 @@ def test_engine_versions_before_28_need_the_guard() -> None:
     assert guard_needed("20.10.24+dfsg1") and guard_needed("27.5.1")
     assert not guard_needed("28.0.0") and not guard_needed("29.1.3")
     assert guard_needed("?"), "an engine whose version cannot be read gets the guard (it never hurts)"
+
+
+class CountingEngine(Engine):
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.asked = 0
+
+    def version(self) -> dict[str, str]:
+        self.asked += 1
+        return super().version()
+
+
+def test_each_client_is_asked_its_engine_version_once() -> None:
+    first: Any = CountingEngine("20.10.24+dfsg1")
+    second: Any = CountingEngine("28.0.1")
+    assert [firewall.engine_version(first) for _ in range(3)] == ["20.10.24+dfsg1"] * 3
+    assert firewall.engine_version(second) == "28.0.1", "another client (another engine) is asked itself"
+    assert (first.asked, second.asked) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "backend"),
+    [("iptables-nft", "iptables-nft"), ("iptables-legacy", "iptables-legacy"), ("iptables", None)],
+)
+def test_the_backend_named_by_the_link_is_the_one_iptables_reports(name: str, backend: str | None) -> None:
+    """The plan names the backend from the link's target (xtables-nft-multi, xtables-legacy-multi) without starting
+    iptables; `iptables --version`, which a prefixed command (here `env NAME`) is still asked, says the same."""
+    by_link = Iptables((name,)).backend()
+    assert by_link == Iptables(("env", name)).backend()
+    assert by_link == (backend or by_link) and by_link in ("iptables-nft", "iptables-legacy")
 
 
 def test_listing_is_parsed_and_only_renderdev_comments_are_owned() -> None:

@@ -91,3 +91,30 @@ def test_image_context_hash_is_stable_and_tracks_context_base_and_requirements(t
     with (compose / "api" / "requirements.txt").open("a") as fh:
         fh.write("# edited\n")
     assert context_hash(settings, "api", "sha256:base1") != api_hash
+
+
+def test_wheelhouse_inputs_read_once_by_a_plan_give_the_same_answers(tmp_path: Path) -> None:
+    """plan_images reads the wheelhouse's inputs once for the wheelhouse step and the api image's hash: the same
+    answers as reading them in each, and a changed input read afterwards still changes them both."""
+    from provisioner.wheelhouse import STAMP, inputs_digest, part_digests, stale_parts, wheelhouse_dir
+
+    compose = tmp_path / "compose"
+    shutil.copytree(REPO_ROOT / "compose", compose, ignore=shutil.ignore_patterns("wheels"))
+    settings = load_settings(compose_dir=compose, state_dir=tmp_path / "state")
+    parts = part_digests(settings)
+    for part, digest in parts.items():
+        _write(wheelhouse_dir(settings) / part, {STAMP: digest + "\n"})
+
+    assert inputs_digest(settings, parts=parts) == inputs_digest(settings)
+    assert stale_parts(settings, parts=parts) == stale_parts(settings) == []
+    api_hash = context_hash(settings, "api", "sha256:base1")
+    assert context_hash(settings, "api", "sha256:base1", wheelhouse_parts=parts) == api_hash
+
+    with (compose / "api" / "requirements.txt").open("a") as fh:
+        fh.write("# edited\n")
+    now = part_digests(settings)
+    assert stale_parts(settings, parts=now) == stale_parts(settings) == ["deps"]
+    assert context_hash(settings, "api", "sha256:base1", wheelhouse_parts=now) != api_hash
+    assert context_hash(settings, "api", "sha256:base1", wheelhouse_parts=now) == context_hash(
+        settings, "api", "sha256:base1"
+    )
