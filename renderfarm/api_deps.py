@@ -100,9 +100,10 @@ class ValidationOut(BaseModel):
     detail: list[FieldError]
 
 
-def answers(*statuses: int, stale: bool = False) -> dict[int | str, dict[str, Any]]:
+def answers(*statuses: int, stale: bool = False, image: bool = False) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of an operation: each status it can answer besides its success, with its body.
-    stale: its 409 is a worker's stale attempt (StaleOut), not an image that is not ready."""
+    stale: its 409 is a worker's stale attempt (StaleOut), not an image that is not ready. image: its body is a
+    worker's image (413 past MAX_IMAGE; 422 for an image that is not the job's)."""
     retry = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}}
     known: dict[int, dict[str, Any]] = {
         400: {"model": ErrorOut, "description": "the body cannot be read (not UTF-8 text)"},
@@ -122,6 +123,7 @@ def answers(*statuses: int, stale: bool = False) -> dict[int | str, dict[str, An
     }
     if stale:
         known[409] = {"model": StaleOut, "description": "the attempt is stale: the job moved on without this worker"}
+    if image:
         known[413] = {"model": ErrorOut, "description": f"image over {MAX_IMAGE} bytes"}
         known[422] = {"model": ValidationOut, "description": "invalid input, or an image that is not the job's"}
     # Error bodies are JSON whatever the operation's own media type (a PNG, an event stream): FastAPI files a

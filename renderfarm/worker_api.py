@@ -111,7 +111,7 @@ def me(who: WorkerMe) -> Me:
     return Me(name=who.name)
 
 
-@router.post("/jobs/{mjid}/claim", response_model=Claimed, responses=answers(401, 404, 422, 503))
+@router.post("/jobs/{mjid}/claim", response_model=Claimed, responses=answers(400, 401, 404, 413, 422, 503))
 def claim(mjid: JobId, body: ClaimIn, me: WorkerMe, jm: Manager) -> Claimed:
     """The worker has taken `rq_job` off its queue and is getting ready: the orphan rescue leaves the job alone
     while the claim lives (refresh it every third of the heartbeat TTL)."""
@@ -120,7 +120,7 @@ def claim(mjid: JobId, body: ClaimIn, me: WorkerMe, jm: Manager) -> Claimed:
     return Claimed(heartbeat_ttl=jm.heartbeat_ttl)
 
 
-@router.post("/jobs/{mjid}/start", response_model=StartOut, responses=answers(401, 404, 422, 503, stale=True))
+@router.post("/jobs/{mjid}/start", response_model=StartOut, responses=answers(400, 401, 404, 413, 422, 503, stale=True))
 def start(mjid: JobId, body: StartIn, me: WorkerMe, jm: Manager) -> StartOut:
     """The job's next attempt begins on this worker (409 when the rq job no longer carries it)."""
     view = jm.mark_started(mjid, body.worker, rq_job=body.rq_job, credential=me.name)
@@ -149,7 +149,7 @@ def heartbeat(mjid: JobId, attempt: Attempt, me: WorkerMe, jm: Manager) -> Respo
 @router.put(
     "/jobs/{mjid}/attempts/{attempt}/image",
     response_model=Ended,
-    responses=answers(401, 403, 404, 413, 415, 422, 503, stale=True),
+    responses=answers(401, 403, 404, 413, 415, 422, 503, stale=True, image=True),
     openapi_extra={"requestBody": {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 def upload_image(
@@ -185,7 +185,7 @@ def upload_image(
 @router.post(
     "/jobs/{mjid}/attempts/{attempt}/failed",
     response_model=Ended,
-    responses=answers(401, 403, 404, 422, 503, stale=True),
+    responses=answers(400, 401, 403, 404, 413, 422, 503, stale=True),
 )
 def failed(mjid: JobId, attempt: Attempt, body: FailIn, me: WorkerMe, jm: Manager) -> Ended:
     """The render failed on the scene (not an interruption): the job fails, an HD charge is refunded."""
@@ -197,7 +197,7 @@ def failed(mjid: JobId, attempt: Attempt, body: FailIn, me: WorkerMe, jm: Manage
 @router.post(
     "/jobs/{mjid}/attempts/{attempt}/requeue",
     response_model=Ended,
-    responses=answers(401, 403, 404, 422, 503, stale=True),
+    responses=answers(400, 401, 403, 404, 413, 422, 503, stale=True),
 )
 def requeue(mjid: JobId, attempt: Attempt, body: RequeueIn, me: WorkerMe, jm: Manager) -> Ended:
     """The worker was told to stop (preempted) or its Blender was killed (interrupted): the job goes to sq."""

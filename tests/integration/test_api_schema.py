@@ -1,6 +1,7 @@
 """The API answers only what its OpenAPI schema documents: schemathesis generates requests from the live
 schema (valid ones and broken ones: wrong types, missing fields, out-of-range values, odd path ids) and sends
-them, as a new user would (a fresh user with no credits, and their token), to an isolated stack's API. A 500,
+them, as a new user would (a fresh user with no credits, and their token; a worker's routes with a worker token made
+by `invoke worker-config`), to an isolated stack's API. A 500,
 a status the operation does not document, a body that breaks its documented model, a wrong content type or
 an undocumented header fails the test; so does an operation that answers without its token.
 """
@@ -15,6 +16,7 @@ import pytest
 import schemathesis
 from docker import DockerClient
 from hypothesis import HealthCheck, settings
+from rich.console import Console
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -26,10 +28,12 @@ from schemathesis.specs.openapi.checks import (
 
 from provisioner.config import Settings
 from provisioner.services import api_url
+from provisioner.worker_access import worker_config
+from renderfarm.settings import WorkerAccess
 from tests.stackutil import User, isolated_stack, new_user, small_scene
 
 pytestmark = pytest.mark.integration
-EXAMPLES = 60  # per operation and phase: 5 operations run in well under a minute
+EXAMPLES = 60  # per operation and phase
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,14 @@ def stack(
 @pytest.fixture(scope="module")
 def newcomer(stack: Settings) -> User:
     return new_user(stack)
+
+
+@pytest.fixture(scope="module")
+def worker_headers(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    path = worker_config(
+        stack, Console(quiet=True), name="schema", output=tmp_path_factory.mktemp("worker") / "worker.json"
+    )
+    return {"Authorization": f"Bearer {WorkerAccess.from_file(path).token}"}
 
 
 def streams(ctx: Any) -> bool:
@@ -75,8 +87,11 @@ CHECKS = [
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-def test_every_answer_is_documented_and_none_is_a_500(case: schemathesis.Case, newcomer: User) -> None:
-    case.call_and_validate(headers=newcomer.headers, checks=CHECKS, timeout=30)
+def test_every_answer_is_documented_and_none_is_a_500(
+    case: schemathesis.Case, newcomer: User, worker_headers: dict[str, str]
+) -> None:
+    headers = worker_headers if case.path.startswith("/worker/") else newcomer.headers
+    case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
 
 
 def test_a_new_users_own_job_and_balance_match_their_documented_models(
