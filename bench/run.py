@@ -1,8 +1,9 @@
 """`invoke bench`: make the bench stack, run the chosen measurements, print the table, write the JSON.
 
-Full run: `pairs` pairs after one warm-up pair each, the queue pair with 500 jobs, memory over 100 jobs,
-and the cold setup. Quick run (CI): one pair each, the queue pair with 100 jobs and no warm-up, memory
-over 12 jobs, no cold setup; it proves the bench runs, and says so next to its figures.
+Full run: `pairs` pairs after one warm-up pair each, the queue pair with 500 jobs, the scale pair with 40,
+memory over 100 jobs, and the cold setup. Quick run (CI): one pair each, the queue pair with 100 jobs and no
+warm-up, the scale pair with 12, memory over 12 jobs, no cold setup; it proves the bench runs, and says so
+next to its figures.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bench.errors import BenchError
 from bench.harness import PairResult
 from bench.stack import BenchStack, bench_stack
 
-PAIRS = ("setup", "preview", "preview_small", "install", "queue", "api_load", "upload", "kit", "live", "page")
+PAIRS = ("setup", "preview", "preview_small", "install", "queue", "api_load", "upload", "scale", "kit", "live", "page")
 OTHERS = ("memory", "cold")
 NAMES = PAIRS + OTHERS
 Log = Callable[[str], None]
@@ -37,6 +38,7 @@ class Plan:
     memory_jobs: int
     api_requests: int
     upload_jobs: int
+    scale_jobs: int
     only: tuple[str, ...]
 
     @classmethod
@@ -49,8 +51,8 @@ class Plan:
             raise BenchError(f"--pairs must be at least 1, got {pairs}")
         chosen = names or tuple(n for n in NAMES if not (quick and n == "cold"))
         if quick:
-            return cls(True, 1, 1, 100, 0, 12, 160, 5, chosen)
-        return cls(False, pairs, 1, 500, 1, 100, 960, 20, chosen)
+            return cls(True, 1, 1, 100, 0, 12, 160, 5, 12, chosen)
+        return cls(False, pairs, 1, 500, 1, 100, 960, 20, 40, chosen)
 
 
 def missed_goals(report: dict[str, Any]) -> list[str]:
@@ -128,6 +130,10 @@ def _measure(name: str, stack: BenchStack, plan: Plan, log: Log) -> PairResult |
         from bench import upload
 
         return upload.measure(stack, pairs=plan.pairs, warmup=plan.warmup, jobs=plan.upload_jobs, log=log)
+    if name == "scale":
+        from bench import scale
+
+        return scale.measure(stack, pairs=plan.pairs, warmup=plan.warmup, jobs=plan.scale_jobs, log=log)
     if name == "kit":
         from bench import kit
 
