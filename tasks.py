@@ -233,8 +233,10 @@ def worker(
     from provisioner.worker import reload_worker, run_worker
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    if reload and (burst or config):
-        raise ConfigError("--reload works with the local stack's worker only", hint="drop --burst / --config")
+    if reload and burst:
+        raise ConfigError("--reload with --burst: a burst worker ends when its queues are empty", hint="pick one")
+    if reload and config:
+        raise ConfigError("--reload with --config: --reload restarts the stack's own host worker", hint="pick one")
     if reload:
         reload_worker(_settings(), names, _console())
     else:
