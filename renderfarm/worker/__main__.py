@@ -1,9 +1,11 @@
 """`python -m renderfarm.worker`: a render worker configured from its environment alone, the worker image's command
 (compose/worker/Dockerfile).
 
-Its settings are the RENDERFARM_* variables the api container gets too (renderfarm.settings.FarmSettings: where
-Redis and Postgres are, the password files, the renders folder, the timings, the samples), and what it serves from
-RENDERFARM_QUEUES (default pq,sq), RENDERFARM_WARM_BLENDER and RENDERFARM_WARM_MAX_JOBS (WorkerOptions). SIGTERM
+Its settings are RENDERFARM_* variables (renderfarm.settings.FarmSettings). In the worker image that is a worker
+file, RENDERFARM_WORKER_CONFIG (what `invoke workers` mounts as a secret: the API's URL, a worker token and a Redis
+user that reaches rq's keys only), and the samples; without one, where Redis and Postgres are and their password
+files, as for the api container. What it serves: RENDERFARM_QUEUES (default pq,sq), RENDERFARM_WARM_BLENDER and
+RENDERFARM_WARM_MAX_JOBS (WorkerOptions). SIGTERM
 (what `docker stop` and a compose scale-down send) stops Blender and puts the job in hand on sq at once, as for a
 host worker (renderfarm.worker.render_worker). A setting it cannot use, or a Redis that does not answer, ends it
 with exit 1 and one line naming the variable or the address.
