@@ -3,11 +3,14 @@
 Every status lookup goes through `mq`. A fresh job goes to `pq`; a job retried after its preemptible
 worker was lost goes to `sq`. Credits are charged in the same Postgres transaction that records the
 render, exactly once (a unique key on (mjid, reason)), and refunded once when the job finally fails.
+Each transition of a job (started, heartbeat, finished, failed, retried on sq) is one Redis Lua script
+(renderfarm.ledger_scripts): its checks and all its writes in one atomic server-side step.
 Jobs whose worker is gone are moved on by renderfarm.reaper, through the transitions defined here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -18,13 +21,11 @@ from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
 from rq import Queue
-from sqlalchemy import select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from renderfarm.db import CreditEntry, Render, User, balance, find_user
+from renderfarm.db import CreditEntry, Render, User, balance, find_user, utcnow
 from renderfarm.errors import (
     InsufficientCredits,
     InvalidTransition,
@@ -40,7 +41,6 @@ from renderfarm.keys import (
     Outcome,
     QueueName,
     attempts_key,
-    can_move,
     claim_key,
     heartbeat_key,
     is_mjid,
@@ -51,16 +51,44 @@ from renderfarm.keys import (
     scene_key,
     started_key,
 )
+from renderfarm.ledger_scripts import LedgerScripts, Refusal
 from renderfarm.settings import FarmSettings, Reliability
 
 RENDER_FUNC = "renderfarm.worker.job.render_job"  # imported by the worker only: the API never loads Blender code
 JOB_TIMEOUT = 3600
-# The statement every job's end runs, as plain SQL on db.Render's table: a work horse is forked for each
-# job, and the ORM's bulk-update path costs a fresh fork several milliseconds more than this.
-FINISH_RENDER = text(
-    f"UPDATE {Render.__tablename__} SET status = :status, error = :error, finished_at = :finished_at"
-    " WHERE mjid = :mjid RETURNING user_id, price"
+# The Postgres side as plain SQL on db's tables, each step one statement run on its own (autocommit: no BEGIN or
+# COMMIT round trips): a work horse is forked for each job, and the ORM's paths cost a fresh fork several
+# milliseconds more than this.
+RENDERS, CREDITS, USERS = Render.__tablename__, CreditEntry.__tablename__, User.__tablename__
+# A free render: recorded for the user named by email (no row: no such user).
+POST_FREE = text(
+    f"INSERT INTO {RENDERS} (mjid, user_id, quality, price, status, created_at)"
+    f" SELECT :mjid, id, :quality, 0, :status, :now FROM {USERS} WHERE email = :email RETURNING user_id"
 )
+# A paid render, in a transaction: the user's row locked first (LOCK_USER; no row: no such user), so that two
+# posts of one user are checked one after the other; then one statement reads the balance, a statement of its
+# own so that it sees a charge committed while it waited for the lock, and records the render and its charge
+# only when the balance covers the price (it answers the balance either way).
+LOCK_USER = text(f"SELECT id FROM {USERS} WHERE email = :email FOR UPDATE")
+POST_PAID = text(
+    f"WITH have AS (SELECT coalesce(sum(amount), 0) AS credits FROM {CREDITS} WHERE user_id = :user_id),"
+    f" render AS (INSERT INTO {RENDERS} (mjid, user_id, quality, price, status, created_at)"
+    "  SELECT :mjid, :user_id, :quality, :price, :status, :now FROM have WHERE credits >= :price"
+    "  RETURNING user_id, price),"
+    f" charge AS (INSERT INTO {CREDITS} (user_id, amount, reason, mjid, created_at)"
+    "  SELECT user_id, -price, :charge, :mjid, :now FROM render)"
+    " SELECT credits FROM have"
+)
+# The end of a job: the render's row updated (which locks it, as SELECT ... FOR UPDATE would) and, for a failed
+# paid render, its refund, once (the unique key on (mjid, reason)), in one statement.
+END_RENDER = text(
+    f"WITH ended AS (UPDATE {RENDERS} SET status = :status, error = :error, finished_at = :finished_at"
+    "  WHERE mjid = :mjid RETURNING user_id, price)"
+    f" INSERT INTO {CREDITS} (user_id, amount, reason, mjid, created_at)"
+    " SELECT user_id, price, :refund_reason, :mjid, :finished_at FROM ended WHERE :refund AND price > 0"
+    " ON CONFLICT ON CONSTRAINT uq_credit_entries_mjid_reason DO NOTHING"
+)
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 def ledger_time() -> str:
@@ -123,6 +151,8 @@ class JobManager:
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
         self.job_func = job_func
+        # (mjid, scene JSON) as the last mark_started read it, in the same step: what its caller asks for next
+        self._started_scene: tuple[str, str] | None = None
 
     # -- reading -------------------------------------------------------------------------------------------
     # Every read checks the id first: an mjid from outside (a URL) never becomes a Redis key unless it is one
@@ -131,8 +161,10 @@ class JobManager:
         return JobView.from_hash(self._hash(self._checked(mjid)))
 
     def scene(self, mjid: str) -> dict[str, Any]:
+        """The job's scene. Right after mark_started, the one its script read (a scene never changes once posted)."""
         key = scene_key(self._checked(mjid))
-        raw = self.redis.get(key)
+        kept, self._started_scene = self._started_scene, None
+        raw = kept[1] if kept is not None and kept[0] == mjid else self.redis.get(key)
         if raw is None:
             raise NoSuchJob(mjid)
         data: dict[str, Any] = json.loads(raw)
@@ -157,17 +189,20 @@ class JobManager:
         if not is_mjid(mjid):  # a caller's new_id must make ids the reads accept
             raise RenderfarmError(f"new_id made {mjid!r}, which is not an mjid (32 lowercase hex digits)")
         now = ledger_time()
-        with self.sessions.begin() as s:
-            user = s.scalar(select(User).where(User.email == email).with_for_update())
-            if user is None:
-                raise UnknownUser(email)
-            if price:
-                have = balance(s, user.id)
+        row = {"mjid": mjid, "email": email, "quality": quality, "status": JobState.QUEUED.value, "now": utcnow()}
+        if not price:
+            with self.sessions() as s:
+                if s.connection(execution_options=AUTOCOMMIT).execute(POST_FREE, row).first() is None:
+                    raise UnknownUser(email)
+        else:
+            with self.sessions.begin() as s:
+                user_id = s.scalar(LOCK_USER, {"email": email})
+                if user_id is None:
+                    raise UnknownUser(email)
+                paid = {**row, "user_id": user_id, "price": price, "charge": CreditReason.CHARGE.value}
+                have = int(s.scalar(POST_PAID, paid) or 0)
                 if have < price:
                     raise InsufficientCredits(email, have, price)
-            s.add(Render(mjid=mjid, user_id=user.id, quality=quality, price=price, status=JobState.QUEUED))
-            if price:
-                s.add(CreditEntry(user_id=user.id, amount=-price, reason=CreditReason.CHARGE, mjid=mjid))
         fields: dict[Any, Any] = {
             "mjid": mjid,
             "state": JobState.QUEUED.value,
@@ -197,6 +232,10 @@ class JobManager:
         The job's hash says which rq job carries the mjid now, and since when: what the orphan rescue checks."""
         pipe.hset(mq_key(mjid), mapping={"rq_job": job_id, "queued_at": str(time.time())})
         pipe.sadd(queued_key(), mjid)
+        self._enqueue_rq_job(queue, mjid, job_id=job_id, pipe=pipe)
+
+    def _enqueue_rq_job(self, queue: QueueName, mjid: str, *, job_id: str, pipe: Pipeline) -> None:
+        """rq's own enqueue of the rq job `job_id`, which runs job_func on mjid, in the caller's transaction."""
         Queue(queue.value, connection=self.redis).enqueue_call(
             self.job_func,
             args=(mjid,),
@@ -210,6 +249,8 @@ class JobManager:
     # -- worker side ---------------------------------------------------------------------------------------
     # Every change after "started" names the attempt it belongs to (a fencing token): a worker that was
     # presumed lost and comes back cannot finish, fail or requeue a job that has moved on without it.
+    # Each transition is one Lua script (renderfarm.ledger_scripts): the checks and every write at once, on the
+    # server, in one round trip.
     def mark_started(
         self,
         mjid: str,
@@ -225,29 +266,19 @@ class JobManager:
         worker credential that started it through the API (renderfarm.worker_api); only that one may report on
         this attempt (JobView.credential)."""
         ttl = heartbeat_ttl or self.heartbeat_ttl
-
-        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
-            n = int(h.get("attempts", 0)) + 1
-            now = ledger_time()
-            fields: dict[Any, Any] = {
-                "state": JobState.STARTED.value,
-                "attempts": str(n),
-                "started_at": now,
-                "worker": worker,
-                "credential": credential or "",
-            }
-            pipe.hset(mq_key(mjid), mapping=fields)
-            record = {"attempt": n, "queue": h["queue"], "worker": worker, "started_at": now}
-            if credential:
-                record["credential"] = credential
-            pipe.rpush(attempts_key(mjid), json.dumps(record))
-            pipe.set(heartbeat_key(mjid), str(n), px=int(ttl * 1000))
-            pipe.sadd(started_key(), mjid)
-            pipe.srem(queued_key(), mjid)
-            pipe.delete(limbo_key(mjid))
-            return fields
-
-        return self._move(mjid, JobState.STARTED, change, rq_job=rq_job)
+        keys = [
+            mq_key(mjid),
+            attempts_key(mjid),
+            heartbeat_key(mjid),
+            started_key(),
+            queued_key(),
+            limbo_key(mjid),
+            scene_key(mjid),
+        ]
+        args: list[str | int] = [mjid, rq_job, worker, credential or "", ledger_time(), int(ttl * 1000)]
+        scene, *job = self._answer(mjid, JobState.STARTED, self._scripts.start(keys, args), rq_job=rq_job)
+        self._started_scene = (mjid, scene) if scene else None
+        return JobView.from_hash(pairs(job))
 
     def claim(self, mjid: str, rq_job: str, *, ttl: float | None = None) -> None:
         """A worker has taken `rq_job` (which carries mjid) off its queue and is getting ready to start it (its
@@ -259,21 +290,13 @@ class JobManager:
 
     def heartbeat(self, mjid: str, attempt: int, *, ttl: float | None = None) -> bool:
         """Keep the job's heartbeat alive; False when the attempt is no longer the job's current one."""
-        state, attempts = decode_list(self.redis.hmget(mq_key(mjid), ["state", "attempts"]))
-        if state != JobState.STARTED or int(attempts or 0) != attempt:
-            return False
-        self.redis.set(heartbeat_key(mjid), str(attempt), px=int((ttl or self.heartbeat_ttl) * 1000))
-        return True
+        ttl_ms = int((ttl or self.heartbeat_ttl) * 1000)
+        return bool(self._scripts.heartbeat([mq_key(mjid), heartbeat_key(mjid)], [attempt, ttl_ms]))
 
     def mark_finished(self, mjid: str, image: str, *, attempt: int) -> JobView:
-        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
-            now = ledger_time()
-            fields: dict[Any, Any] = {"state": JobState.FINISHED.value, "finished_at": now, "image": image}
-            pipe.hset(mq_key(mjid), mapping=fields)
-            self._leave_started(mjid, pipe, Outcome.FINISHED, now)
-            return fields
-
-        view = self._move(mjid, JobState.FINISHED, change, attempt=attempt)
+        keys = [mq_key(mjid), attempts_key(mjid), heartbeat_key(mjid), started_key()]
+        reply = self._scripts.finish(keys, [mjid, attempt, ledger_time(), image, Outcome.FINISHED.value])
+        view = JobView.from_hash(pairs(self._answer(mjid, JobState.FINISHED, reply, attempt=attempt)))
         self.record_end(mjid, JobState.FINISHED, None)
         return view
 
@@ -282,17 +305,10 @@ class JobManager:
     ) -> JobView:
         """The job fails (refunded if it was paid for); a started one's attempt ends with `outcome` (an Outcome)."""
         ended = Outcome(outcome)
-
-        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
-            now = ledger_time()
-            fields: dict[Any, Any] = {"state": JobState.FAILED.value, "finished_at": now, "error": error}
-            pipe.hset(mq_key(mjid), mapping=fields)
-            if h["state"] == JobState.STARTED:
-                self._leave_started(mjid, pipe, ended, now, error)
-            pipe.srem(queued_key(), mjid)
-            return fields
-
-        view = self._move(mjid, JobState.FAILED, change, attempt=attempt)
+        keys = [mq_key(mjid), attempts_key(mjid), heartbeat_key(mjid), started_key(), queued_key()]
+        fence = "" if attempt is None else attempt
+        reply = self._scripts.fail(keys, [mjid, fence, ledger_time(), error, ended.value])
+        view = JobView.from_hash(pairs(self._answer(mjid, JobState.FAILED, reply, attempt=attempt)))
         self.record_end(mjid, JobState.FAILED, error)
         return view
 
@@ -301,30 +317,31 @@ class JobManager:
         new rq job. `reason` is how the attempt ended (an Outcome). Losses without notice (Outcome.counted:
         lost, interrupted) are counted: past max_lost the job fails instead, and an HD charge is refunded.
         `error` (what interrupted it, e.g. the Blender that was killed) is kept in the attempt's record, and in
-        the job's error when it fails."""
+        the job's error when it fails. One step: the checks, the ledger's writes and rq's enqueue of the new rq
+        job (made by rq here, run by the script only once the checks pass)."""
         ended = Outcome(reason)
-        counted = ended.counted
-        lost = int(self._hash(mjid).get("lost", 0)) + (1 if counted else 0)
-        if counted and lost > self.max_lost:
-            worker = self._hash(mjid).get("worker", "?")
-            msg = f"worker lost {lost} times (limit {self.max_lost}); last on {worker} ({reason})"
-            if error:
-                msg += f": {error}"
-            view = self.mark_failed(mjid, msg, attempt=attempt, outcome=ended)
-            self.redis.hset(mq_key(mjid), "lost", str(lost))
-            return view
-
-        def change(h: dict[str, str], pipe: Pipeline) -> dict[str, str]:
-            now = ledger_time()
-            fields: dict[Any, Any] = {"state": JobState.QUEUED.value, "queue": QueueName.STANDARD.value}
-            pipe.hset(mq_key(mjid), mapping=fields)
-            if counted:
-                pipe.hincrby(mq_key(mjid), "lost", 1)
-            self._leave_started(mjid, pipe, ended, now, error)
-            self.enqueue(QueueName.STANDARD, mjid, job_id=f"{mjid}-{attempt + 1}", pipe=pipe)
-            return fields
-
-        return self._move(mjid, JobState.QUEUED, change, attempt=attempt)
+        queue, job_id = QueueName.STANDARD, f"{mjid}-{attempt + 1}"
+        keys = [mq_key(mjid), attempts_key(mjid), heartbeat_key(mjid), started_key(), queued_key()]
+        args: list[Any] = [
+            mjid,
+            attempt,
+            ledger_time(),
+            ended.value,
+            "1" if ended.counted else "0",
+            self.max_lost,
+            error or "",
+            queue.value,
+            job_id,
+            str(time.time()),
+        ]
+        for command in self._rq_enqueue(queue, mjid, job_id=job_id):
+            args += [len(command), *command]
+        view = JobView.from_hash(
+            pairs(self._answer(mjid, JobState.QUEUED, self._scripts.retry(keys, args), attempt=attempt))
+        )
+        if view.state is JobState.FAILED:  # lost more than max_lost times
+            self.record_end(mjid, JobState.FAILED, view.error)
+        return view
 
     def warm_statements(self) -> None:
         """Run the worker side's SQL once against no row (an UPDATE matching nothing), so that SQLAlchemy has
@@ -332,80 +349,55 @@ class JobManager:
         self.record_end("", JobState.FINISHED, None)
 
     # -- internals -----------------------------------------------------------------------------------------
-    def _leave_started(self, mjid: str, pipe: Pipeline, outcome: Outcome, now: str, error: str | None = None) -> None:
-        pipe.srem(started_key(), mjid)
-        pipe.delete(heartbeat_key(mjid))
-        self._end_attempt(mjid, pipe, outcome, now, error)
+    @functools.cached_property
+    def _scripts(self) -> LedgerScripts:
+        return LedgerScripts.register(self.redis)
 
-    def _end_attempt(self, mjid: str, pipe: Pipeline, outcome: Outcome, now: str, error: str | None = None) -> None:
-        # The last attempt record is rewritten with its ending; read outside the MULTI is fine because
-        # the caller WATCHes the job's hash, and only the holder of the current attempt ends it.
-        raw = self.redis.lindex(attempts_key(mjid), -1)
-        if raw is None:
-            return
-        rec = json.loads(raw)
-        rec.update(ended_at=now, outcome=outcome.value)
-        if error:
-            rec["error"] = error[-2000:]
-        pipe.lset(attempts_key(mjid), -1, json.dumps(rec))
+    def _rq_enqueue(self, queue: QueueName, mjid: str, *, job_id: str) -> list[tuple[Any, ...]]:
+        """The commands rq's own enqueue of the rq job `job_id` (carrying mjid) on `queue` sends, as `enqueue`
+        makes them, recorded on a transaction that is never sent: a script runs them once its checks pass."""
+        with self.redis.pipeline(transaction=True) as recorder:
+            recorder.multi()
+            self._enqueue_rq_job(queue, mjid, job_id=job_id, pipe=recorder)
+            return [args for args, _options in recorder.command_stack]
 
-    def _move(
+    def _answer(
         self,
         mjid: str,
         new: JobState,
-        change: Callable[[dict[str, str], Pipeline], dict[str, str]],
+        reply: Any,
         *,
         attempt: int | None = None,
         rq_job: str | None = None,
-    ) -> JobView:
-        """Move the job to `new` in one WATCHed transaction; `change` queues the writes and returns the fields
-        it sets in the job's hash. The view returned is the hash as this transaction left it. With `attempt`,
-        the job must be on that attempt (StaleAttempt); with `rq_job`, carried by that rq job (StaleRqJob)."""
-        key = mq_key(mjid)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    h = decode_hash(pipe.hgetall(key))
-                    if not h:
-                        raise NoSuchJob(mjid)
-                    old = JobState(h["state"])
-                    if rq_job is not None and h.get("rq_job", mjid) != rq_job:
-                        raise StaleRqJob(mjid, rq_job, h.get("rq_job", mjid))
-                    # An attempt is current only while the job is started on it: once the reaper has queued
-                    # the job again (lost), that attempt's late finish or failure is stale too.
-                    if attempt is not None and (int(h.get("attempts", 0)) != attempt or old is not JobState.STARTED):
-                        raise StaleAttempt(mjid, attempt, int(h.get("attempts", 0)), old.value)
-                    if not can_move(old, new):
-                        raise InvalidTransition(mjid, old.value, new.value)
-                    pipe.multi()
-                    fields = change(h, pipe)
-                    pipe.execute()
-                    break
-                except WatchError:
-                    continue
-        return JobView.from_hash({**h, **fields})
+    ) -> list[str]:
+        """What a transition script answered after `ok` (the job's hash as it left it, flat), or the exception for
+        its refusal (the script changed nothing then): NoSuchJob, StaleRqJob (with the rq job that carries the job
+        now), StaleAttempt (with the job's current attempt and state) or InvalidTransition."""
+        answer = decode_list(reply)
+        match Refusal(answer[0]):
+            case Refusal.OK:
+                return answer[1:]
+            case Refusal.NO_SUCH_JOB:
+                raise NoSuchJob(mjid)
+            case Refusal.STALE_RQ_JOB:
+                raise StaleRqJob(mjid, rq_job or "", answer[1])
+            case Refusal.STALE_ATTEMPT:
+                raise StaleAttempt(mjid, attempt or 0, int(answer[1]), answer[2])
+            case Refusal.INVALID_TRANSITION:
+                raise InvalidTransition(mjid, answer[1], new.value)
 
     def record_end(self, mjid: str, state: JobState, error: str | None) -> None:
-        """Record the end in the render's row and, for a failed paid render, refund it once. The UPDATE
-        locks the row for the rest of the transaction, as SELECT ... FOR UPDATE would, in one round trip."""
-        with self.sessions.begin() as s:
-            values = {"status": state.value, "error": error, "finished_at": datetime.now(UTC), "mjid": mjid}
-            render = s.execute(FINISH_RENDER, values).first()
-            if render is None:
-                return
-            if state is JobState.FAILED and render.price:
-                s.execute(
-                    pg_insert(CreditEntry)
-                    .values(
-                        user_id=render.user_id,
-                        amount=render.price,
-                        reason=CreditReason.REFUND,
-                        mjid=mjid,
-                        created_at=datetime.now(UTC),
-                    )
-                    .on_conflict_do_nothing(constraint="uq_credit_entries_mjid_reason")
-                )
+        """Record the end in the render's row and, for a failed paid render, refund it once: one statement."""
+        values = {
+            "status": state.value,
+            "error": error,
+            "finished_at": datetime.now(UTC),
+            "mjid": mjid,
+            "refund": state is JobState.FAILED,
+            "refund_reason": CreditReason.REFUND.value,
+        }
+        with self.sessions() as s:
+            s.connection(execution_options=AUTOCOMMIT).execute(END_RENDER, values)
 
     @staticmethod
     def _checked(mjid: str) -> str:
@@ -426,6 +418,11 @@ def decode_hash(h: Any) -> dict[str, str]:
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in dict(h).items()
     }
+
+
+def pairs(flat: list[str]) -> dict[str, str]:
+    """A hash as HGETALL answers it (field, value, field, value...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def decode_list(items: Any) -> list[Any]:

@@ -2,9 +2,10 @@
 
 Two kinds of job are found: started jobs whose heartbeat expired (`reap_lost`: retried on sq, or failed once
 lost too often), and queued jobs taken off their queue and never started (`reap_orphans`: queued again on sq, or
-failed once rescued too often). Each move is a WATCHed transaction on the job's own keys, so reapers may run in
-several processes at once. A `Reaper` is a background thread that looks every `interval` seconds; its rounds can
-also be run directly (`reap_lost()`, `reap_orphans()`).
+failed once rescued too often). Each move is one atomic step on the job's own keys (a lost job's, the JobManager's
+transition script; an orphan's, a WATCHed transaction), so reapers may run in several processes at once. A `Reaper`
+is a background thread that looks every `interval` seconds; its rounds can also be run directly (`reap_lost()`,
+`reap_orphans()`).
 
 It runs in the API process and in every host worker: rq alone never moves a job to another queue, and cleans its
 started-job registry only from a worker on that queue, every 10 minutes by default.

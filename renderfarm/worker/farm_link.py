@@ -63,6 +63,7 @@ class Started:
 
 class FarmLink(Protocol):
     heartbeat_ttl: float
+    uploads: bool  # the image goes to the API from a work folder of the job's own (else: into the renders folder)
 
     def claim(self, mjid: str, rq_job: str) -> None: ...
     def start(self, mjid: str, worker: str, rq_job: str) -> Started: ...
@@ -76,6 +77,8 @@ class FarmLink(Protocol):
 
 class ManagerLink:
     """The stack's own worker: the JobManager itself, the image written straight into the renders folder."""
+
+    uploads = False
 
     def __init__(self, manager: JobManager, renders_dir: Path, *, close: Callable[[], None] | None = None) -> None:
         self.manager = manager
@@ -116,6 +119,8 @@ class ManagerLink:
 
 class ApiLink:
     """A worker that holds only its worker file: each step an HTTP call to the API's worker routes."""
+
+    uploads = True
 
     def __init__(self, access: WorkerAccess, *, transport: httpx.BaseTransport | None = None) -> None:
         self.access = access

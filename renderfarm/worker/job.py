@@ -126,8 +126,11 @@ def run_job(mjid: str, render: Renderer) -> str:
     settings = job_settings()
     link = horse_link(job, settings)
     try:
-        with tempfile.TemporaryDirectory(prefix="renderfarm-job-") as work_dir:
-            return attempt_job(link, job, mjid, settings, render, Path(work_dir))
+        # A folder of the job's own for a link that uploads the image (about a millisecond to make and remove);
+        # the stack's own worker renders straight into the renders folder.
+        folder = tempfile.TemporaryDirectory(prefix="renderfarm-job-") if link.uploads else contextlib.nullcontext()
+        with folder as work_dir:
+            return attempt_job(link, job, mjid, settings, render, Path(work_dir or settings.renders_dir))
     except (StaleAttempt, StaleRqJob) as exc:
         log.warning("%s: the job moved on without this worker; its result is dropped", exc)
         return "stale"

@@ -9,8 +9,16 @@ from collections.abc import Callable
 import pytest
 import redis
 from rq import Queue
+from rq.job import Job
 
-from renderfarm.errors import InsufficientCredits, InvalidTransition, StaleAttempt, StaleRqJob, UnknownUser
+from renderfarm.errors import (
+    InsufficientCredits,
+    InvalidTransition,
+    NoSuchJob,
+    StaleAttempt,
+    StaleRqJob,
+    UnknownUser,
+)
 from renderfarm.jobs import JobManager
 from renderfarm.keys import (
     CreditReason,
@@ -19,6 +27,7 @@ from renderfarm.keys import (
     QueueName,
     heartbeat_key,
     mq_index_key,
+    mq_key,
     queued_key,
     started_key,
 )
@@ -171,3 +180,41 @@ def test_losses_are_counted_and_past_max_lost_the_job_fails_refunded(
     assert jm.attempts(mjid)[0]["error"] == "blender vanished"
     assert credit_reasons(mjid) == [CHARGE, REFUND] and jm.credits(payer) == CREDITS
     assert queued_on(jm.redis, QueueName.STANDARD) == [f"{mjid}-2"], "no third rq job"
+
+
+def test_a_refused_transition_changes_nothing_and_a_move_answers_the_hash_it_left(
+    make_manager: Callable[..., JobManager], payer: str
+) -> None:
+    """Each transition is one script: a refusal (the attempt or rq job fence, no such job) writes nothing, rq's
+    enqueue of a retry included, and a move answers the job as the script left it."""
+    jm = make_manager(heartbeat_ttl=30, max_lost=1)
+    mjid = jm.post(payer, "preview", SCENE).mjid
+    with pytest.raises(NoSuchJob):
+        jm.mark_started("0" * 32, "worker-a", rq_job="0" * 32)
+    v = jm.mark_started(mjid, "worker-a", rq_job=mjid, credential="cred-a")
+    assert v == jm.get(mjid) and (v.attempts, v.credential) == (1, "cred-a")
+    assert jm.attempts(mjid)[0]["credential"] == "cred-a"
+
+    def ledger() -> tuple[object, ...]:
+        return jm.redis.hgetall(mq_key(mjid)), jm.attempts(mjid), jm.redis.get(heartbeat_key(mjid))
+
+    before = ledger()
+    with pytest.raises(StaleAttempt) as err:
+        jm.retry_on_standard(mjid, Outcome.LOST, attempt=2)
+    assert (err.value.current, err.value.state) == (1, "started")
+    assert ledger() == before, "nothing written"
+    assert queued_on(jm.redis, QueueName.STANDARD) == [] and not Job.exists(f"{mjid}-3", connection=jm.redis)
+
+    error = "é" * 2500 + "ü"  # the record keeps its last 2000 characters, not bytes
+    v = jm.retry_on_standard(mjid, Outcome.INTERRUPTED, attempt=1, error=error)
+    assert v == jm.get(mjid) and (v.state, v.queue) == (JobState.QUEUED, QueueName.STANDARD)
+    [record] = jm.attempts(mjid)
+    assert (record["error"], record["outcome"]) == (error[-2000:], "interrupted") and record["ended_at"]
+    assert tuple(Job.fetch(f"{mjid}-2", connection=jm.redis).args) == (mjid,)
+    assert jm.redis.hget(mq_key(mjid), "lost") == b"1" and jm.redis.hget(mq_key(mjid), "rq_job") == f"{mjid}-2".encode()
+
+    jm.mark_started(mjid, "worker-b", rq_job=f"{mjid}-2")
+    v = jm.retry_on_standard(mjid, Outcome.LOST, attempt=2)  # past max_lost: failed, no new rq job
+    assert v == jm.get(mjid) and v.state is JobState.FAILED and jm.redis.hget(mq_key(mjid), "lost") == b"2"
+    assert not Job.exists(f"{mjid}-3", connection=jm.redis) and not jm.redis.sismember(queued_key(), mjid)
+    assert jm.attempts(mjid)[1]["error"] == v.error == "worker lost 2 times (limit 1); last on worker-b (lost)"
