@@ -20,6 +20,7 @@ import time
 import zlib
 
 from rich.console import Console
+from rq import Queue
 
 from bench.harness import Goal, GoalKind, PairResult, PairSpec, RatioKind, run_pair
 from bench.queue import tiny_scene
@@ -27,7 +28,7 @@ from bench.stack import BenchStack, Log
 from provisioner.worker_access import worker_config
 from renderfarm.db import make_sessionmaker
 from renderfarm.jobs import JobManager
-from renderfarm.keys import image_name
+from renderfarm.keys import QueueName, image_name
 from renderfarm.quality import DEFAULT_PROFILES, Quality
 from renderfarm.settings import WorkerAccess
 from renderfarm.worker.farm_link import ApiLink, ManagerLink
@@ -73,12 +74,14 @@ def measure(stack: BenchStack, *, pairs: int, warmup: int, jobs: int, log: Log) 
     scene = tiny_scene()
 
     def started(count: int) -> list[tuple[str, int]]:
-        """`count` HD jobs posted and started (outside the clock), as (mjid, attempt)."""
+        """`count` HD jobs posted and started (outside the clock), as (mjid, attempt). Their rq jobs are taken off
+        pq again at once: no worker is meant to render them (a later pair's workers would find them queued)."""
         out = []
         for _ in range(count):
             view = manager.post(user, "hd", scene)
             begun = manager.mark_started(view.mjid, "bench-worker", rq_job=view.mjid, credential=CREDENTIAL)
             out.append((view.mjid, begun.attempts))
+        Queue(QueueName.PREEMPTIBLE, connection=r).empty()
         return out
 
     def through_api() -> float:
