@@ -29,7 +29,7 @@ from provisioner.config import Settings
 from provisioner.errors import ConfigError, RenderdevError
 from provisioner.fsops import atomic_write_text
 from provisioner.plan import Outcome, Step, StepState, report, run_steps
-from provisioner.redis_acl import grant_worker, revoke_worker, worker_user
+from provisioner.redis_acl import grant_worker, revoke_worker, worker_user, worker_users
 from provisioner.secrets import read_secrets
 
 if TYPE_CHECKING:
@@ -259,12 +259,12 @@ def worker_revoke(settings: Settings, console: Console, *, name: str, dry_run: b
 
     from renderfarm.db import WorkerCredential
 
-    user = worker_user(name)
+    worker_user(name)  # the name is checked before anything connects
     with stack_clients(settings) as (r, sessions):
         with sessions() as s:
             row = s.scalar(select(WorkerCredential).where(WorkerCredential.name == name))
         active = row is not None and row.revoked_at is None
-        has_user = user in {worker_user(n) for n in _granted(r)}
+        has_user = name in worker_users(r)
         if not active and not has_user:
             if row is None:
                 raise ConfigError(
@@ -285,9 +285,3 @@ def worker_revoke(settings: Settings, console: Console, *, name: str, dry_run: b
         outcome: Outcome = run_steps(console, [step], dry_run=dry_run, heading="Plan: revoke")
     report(console, outcome, dry_run=dry_run)
     return True
-
-
-def _granted(r: Redis) -> list[str]:
-    from provisioner.redis_acl import worker_users
-
-    return worker_users(r)

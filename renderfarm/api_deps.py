@@ -35,15 +35,20 @@ Manager = Annotated[JobManager, Depends(get_manager)]
 bearer = HTTPBearer(auto_error=False, description="the user's API token, made by `invoke seed-credits`")
 
 
+def bearer_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The request's bearer token, if any; with one, the schema is made sure of first (its lookup needs the tables)."""
+    token = credentials.credentials if credentials is not None else None
+    if token:
+        request.app.state.schema.ensure()
+    return token
+
+
 def current_user(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> TokenUser:
     """The user whose token the request carries: 401 without one (before any lookup), or with an unknown one."""
-    token = credentials.credentials if credentials is not None else None
-    if token:
-        request.app.state.schema.ensure()
     authenticator: Authenticator = request.app.state.authenticator
-    return authenticator.verify(token)
+    return authenticator.verify(bearer_token(request, credentials))
 
 
 Me = Annotated[TokenUser, Depends(current_user)]
@@ -54,11 +59,8 @@ def current_worker_credential(
 ) -> TokenWorker:
     """The worker credential whose token the request carries (renderfarm.worker_api's routes): 401 without one,
     or with an unknown or revoked one."""
-    token = credentials.credentials if credentials is not None else None
-    if token:
-        request.app.state.schema.ensure()
     authenticator: WorkerAuthenticator = request.app.state.worker_authenticator
-    return authenticator.verify(token)
+    return authenticator.verify(bearer_token(request, credentials))
 
 
 WorkerMe = Annotated[TokenWorker, Depends(current_worker_credential)]
