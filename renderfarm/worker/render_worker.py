@@ -88,6 +88,27 @@ class RenderWorker(HerokuWorker):
         self._shutdown_requested_date = now()
         self._shutdown()
 
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> Any:
+        """rq's heartbeat, the first Redis call of each turn of its loop. rq retries a lost connection forever
+        (an AuthenticationError is a ConnectionError to it), which is right for a Redis restart and wrong for a
+        revoked worker user: Redis closes the user's connections, and the reconnection's AUTH is refused. That stops
+        the worker here, with the refusal in `refused` (serve raises it), instead of retrying an AUTH that will
+        never pass."""
+        try:
+            return super().heartbeat(timeout, pipeline)
+        except AuthenticationError as exc:
+            access = self.settings.access
+            if access is None:
+                raise
+            self.refused = CredentialRefused(
+                f"the stack's Redis at {access.redis_host}:{access.redis_port} refuses worker credential"
+                f" {access.name!r} ({exc})"
+            )
+            log.error("worker %s stops: %s", self.name, self.refused)
+            if self.horse_pid:
+                self.kill_horse()  # its uploads would be refused too; the reaper finds its job lost
+            raise self.refused from exc
+
     def warm_for_job(self) -> WarmBlender | None:
         """In a work horse: the warm Blender made ready for this job, if it is alive."""
         warm = self._warm_for_job

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from provisioner.services import api_url
 from renderfarm.keys import mq_key, scene_key
 from renderfarm.png import png_size
 from renderfarm.settings import WorkerAccess
-from tests.stackutil import User, invoke, isolated_stack, new_user, small_scene
+from tests.stackutil import REPO, User, env_for, invoke, isolated_stack, new_user, small_scene, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -250,3 +252,36 @@ def test_a_revoked_credential_is_refused_at_once(stack: Settings, api: httpx.Cli
     assert again.returncode == 0 and "already revoked" in again.stdout
     unknown = invoke(stack, "worker-config", "--name", "Bad Name!")
     assert unknown.returncode == 1 and "'Bad Name!'" in (unknown.stdout + unknown.stderr)
+
+
+def test_a_running_worker_stops_when_its_credential_is_revoked(
+    stack: Settings, manager: redis.Redis, tmp_path: Path
+) -> None:
+    """An idle worker waits on Redis as its own user. Revoking the credential closes that connection; rq would
+    retry a lost connection forever, but the reconnection's AUTH is refused, and the worker stops, naming it."""
+    _, _ = worker_file(stack, tmp_path, "idle-box")
+    path = tmp_path / "idle-box.json"
+    log = tmp_path / "worker.log"
+    env = env_for(stack, RENDERDEV_STATE_DIR=str(tmp_path / "other"), RENDERDEV_BLENDER_LINK=str(stack.blender_link))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "worker", "--config", str(path), "--queues", "pq,sq"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: bool(manager.smembers("rq:workers")), 60, "the worker registered with rq")
+        done = invoke(stack, "worker-revoke", "--name", "idle-box")
+        assert done.returncode == 0, done.stdout + done.stderr
+        code = proc.wait(timeout=30)
+        said = log.read_text(errors="replace")
+        assert code == 1, said[-3000:]
+        assert "refuses worker credential 'idle-box'" in said, said[-3000:]
+        assert "retrying in" not in said.split("refuses worker credential")[-1], said[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
