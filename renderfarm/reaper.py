@@ -98,16 +98,29 @@ class Reaper(threading.Thread):
         worker's claim on them lives (a worker getting ready to start a job claims it: JobManager.claim). After
         ORPHAN_LIMIT rescues such a job fails instead (refunded). Returns (mjid, where) for each."""
         wait = self.manager.heartbeat_ttl if grace is None else grace
+        mjids = decode_list(self.redis.smembers(queued_key()))
+        if not mjids:
+            return []
+        # One round trip for every queued job's fields and one LRANGE per queue, not a few calls (and an O(queue)
+        # LPOS) per job: with thousands of jobs waiting, a round would otherwise cost the API seconds of CPU.
+        with self.redis.pipeline(transaction=False) as pipe:
+            for mjid in mjids:
+                pipe.hmget(mq_key(mjid), "state", "rq_job", "queue")
+            rows = pipe.execute()
+        waiting: dict[str, set[str]] = {}
+        in_line: list[str] = []
         rescued: list[tuple[str, Moved]] = []
-        for mjid in decode_list(self.redis.smembers(queued_key())):
-            h = decode_hash(self.redis.hgetall(mq_key(mjid)))
-            if h.get("state") != JobState.QUEUED:
-                self.redis.srem(queued_key(), mjid)
+        for mjid, row in zip(mjids, rows, strict=True):
+            state, rq_job, queue_name = decode_list([v or b"" for v in row])
+            if state != JobState.QUEUED:
+                self.redis.srem(queued_key(), mjid)  # at once, as read: a job retried since is in the set again
                 continue
-            rq_id = h.get("rq_job", mjid)
-            queue = Queue(h.get("queue", QueueName.PREEMPTIBLE), connection=self.redis)
-            if self.redis.lpos(queue.key, rq_id) is not None:
-                self.redis.delete(limbo_key(mjid))
+            rq_id = rq_job or mjid
+            queue = Queue(queue_name or QueueName.PREEMPTIBLE, connection=self.redis)
+            if queue.name not in waiting:
+                waiting[queue.name] = set(decode_list(self.redis.lrange(queue.key, 0, -1)))
+            if rq_id in waiting[queue.name]:
+                in_line.append(mjid)
                 continue  # waiting its turn
             if self._taken(rq_id):
                 # Taken off the queue by a worker: fine, if it starts soon. Remember since when.
@@ -118,6 +131,8 @@ class Reaper(threading.Thread):
             where = self._rescue_orphan(mjid, rq_id, queue)
             if where is not None:
                 rescued.append((mjid, where))
+        if in_line:
+            self.redis.delete(*(limbo_key(mjid) for mjid in in_line))  # in line: not taken (any more)
         return rescued
 
     def _taken(self, rq_id: str) -> bool:

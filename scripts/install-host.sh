@@ -45,6 +45,8 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v xz >/dev/null 2>&1 || need_apt+=(xz-utils)
 # chromium: the browser the page tests (tests/page, Playwright) drive; no browser download
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# faketime: tests/hosts runs one worker host with its clock 2 minutes off (libfaketime)
+command -v faketime >/dev/null 2>&1 || need_apt+=(faketime)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   $SUDO apt-get update -qq

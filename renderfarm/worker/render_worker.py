@@ -97,17 +97,26 @@ class RenderWorker(HerokuWorker):
         try:
             return super().heartbeat(timeout, pipeline)
         except AuthenticationError as exc:
-            access = self.settings.access
-            if access is None:
+            refused = self._refusal(exc)
+            if refused is None:
                 raise
+            if self.horse_pid:
+                self.kill_horse()  # its uploads would be refused too; the reaper finds its job lost
+            raise refused from exc
+
+    def _refusal(self, exc: AuthenticationError) -> CredentialRefused | None:
+        """The refusal of this worker's credential, kept in `refused` (None: a stack's own worker, whose refused
+        password is not a revocation)."""
+        access = self.settings.access
+        if access is None:
+            return None
+        if self.refused is None:
             self.refused = CredentialRefused(
                 f"the stack's Redis at {access.redis_host}:{access.redis_port} refuses worker credential"
                 f" {access.name!r} ({exc})"
             )
             log.error("worker %s stops: %s", self.name, self.refused)
-            if self.horse_pid:
-                self.kill_horse()  # its uploads would be refused too; the reaper finds its job lost
-            raise self.refused from exc
+        return self.refused
 
     def warm_for_job(self) -> WarmBlender | None:
         """In a work horse: the warm Blender made ready for this job, if it is alive."""
@@ -122,6 +131,12 @@ class RenderWorker(HerokuWorker):
         importlib.import_module(RENDER_FUNC.rpartition(".")[0])
         try:
             return bool(super().work(*args, **kwargs))
+        except AuthenticationError as exc:
+            # A refused AUTH can surface from any of rq's calls, not only the heartbeat: its loop then quits and
+            # its teardown (register_death) meets the same refusal. Either way the worker stops, naming it.
+            if self._refusal(exc) is None:
+                raise
+            return False
         finally:
             _current = None
 
