@@ -15,6 +15,8 @@ two cores its render takes several times Blender's start-up), and `preview_small
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import time
 from importlib import resources
 from typing import Any
@@ -40,6 +42,29 @@ SMALL_OBJECTS = 5
 POLL = 0.05  # seconds between status requests (invoke render's own spinner polls every 0.25 s)
 RENDER_TIMEOUT = 300.0
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Cycles' progress line in `blender -b`'s output: "Fra:1 Mem:... | Time:00:03.43 | ... | Sample 16/16"
+_SAMPLE_LINE = re.compile(r"\| Time:(?:(\d+):)?(\d+):(\d+(?:\.\d+)?) \|.*\| Sample (\d+)/(\d+)\s*$")
+
+
+def sampling_seconds(blender_output: str) -> float | None:
+    """How long Cycles sampled, by its own log: from "Sample 0/N" (path tracing begins, the scene built and the
+    kernels loaded) to "Sample N/N". None when the output has no such lines (another engine, or a failed render).
+    Blender's elapsed times are read, not the wall clock, so a slow pipe does not count."""
+    first: float | None = None
+    last: float | None = None
+    for line in blender_output.splitlines():
+        m = _SAMPLE_LINE.search(line)
+        if m is None:
+            continue
+        hours, minutes, seconds, done, total = m.groups()
+        at = int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+        if done == "0" and first is None:
+            first = at
+        if done == total:
+            last = at
+    if first is None or last is None or last < first:
+        return None
+    return last - first
 
 
 def api_client(settings: Settings, user: str) -> httpx.Client:
@@ -94,6 +119,7 @@ def measure(stack: BenchStack, *, pairs: int, warmup: int, log: Log, small: bool
         ):
             argv = blender_command(str(settings.blender_link), script, scene_file, out, profile, 0)
             env = blender_env()
+            sampling: list[float] = []  # each bare render's sampling time, by Cycles' own log
 
             def end_to_end() -> float:
                 start = time.perf_counter()
@@ -102,9 +128,12 @@ def measure(stack: BenchStack, *, pairs: int, warmup: int, log: Log, small: bool
 
             def bare_blender() -> float:
                 out.unlink(missing_ok=True)
-                seconds, _ = run(argv, env=env, timeout=RENDER_TIMEOUT)
+                seconds, done = run(argv, env=env, timeout=RENDER_TIMEOUT)
                 if png_size(out) != (profile.width, profile.height):
                     raise BenchError(f"bare Blender wrote {png_size(out)}, expected {profile.width}x{profile.height}")
+                sampled = sampling_seconds(done.stdout)
+                if sampled is not None:
+                    sampling.append(sampled)
                 return seconds
 
             spec = PairSpec(
@@ -128,4 +157,18 @@ def measure(stack: BenchStack, *, pairs: int, warmup: int, log: Log, small: bool
     result.notes.append(
         f"scene: {example_scene_path().name}, {what} ({len(scene.objects)} objects); poll every {POLL} s"
     )
+    result.notes.append(split_note(result, sampling))
     return result
+
+
+def split_note(result: PairResult, sampling: list[float]) -> str:
+    """How much of each side is Cycles' sampling (the physical limit: the same samples of the same image) and how
+    much is everything else (start-up, scene build, kernels, saving, the API and the queue)."""
+    if not sampling:
+        return "sampling split: Blender's output had no Cycles sample lines"
+    sampled = statistics.median(sampling)
+    return (
+        f"sampling split: Cycles sampled for a median {sampled:.3f} s (its own log, bare runs); everything else"
+        f" is {result.median_a - sampled:.3f} s of A and {result.median_b - sampled:.3f} s of B;"
+        f" the lowest ratio reachable is sampling alone, {sampled / result.median_b:.2f}x"
+    )
