@@ -22,7 +22,20 @@ from bench.errors import BenchError
 from bench.harness import PairResult
 from bench.stack import BenchStack, bench_stack
 
-PAIRS = ("setup", "preview", "preview_small", "install", "queue", "api_load", "upload", "scale", "kit", "live", "page")
+PAIRS = (
+    "setup",
+    "preview",
+    "preview_small",
+    "iterate",
+    "install",
+    "queue",
+    "api_load",
+    "upload",
+    "scale",
+    "kit",
+    "live",
+    "page",
+)
 OTHERS = ("memory", "cold")
 NAMES = PAIRS + OTHERS
 Log = Callable[[str], None]
@@ -110,10 +123,11 @@ def _measure(name: str, stack: BenchStack, plan: Plan, log: Log) -> PairResult |
         from bench import warm_setup
 
         return warm_setup.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log)
-    if name in ("preview", "preview_small"):
+    if name in ("preview", "preview_small", "iterate"):
         from bench import preview
 
-        return preview.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log, small=name == "preview_small")
+        small, iterate = name == "preview_small", name == "iterate"
+        return preview.measure(stack, pairs=plan.pairs, warmup=plan.warmup, log=log, small=small, iterate=iterate)
     if name == "install":
         from bench import install
 

@@ -153,17 +153,22 @@ def look_at(obj: bpy.types.Object, position: list[float], target: list[float]) -
 
 def build_camera(scene: bpy.types.Scene, spec: dict) -> None:
     data = bpy.data.cameras.new("camera")
-    data.lens = spec["lens"]
     data.sensor_fit = "HORIZONTAL"
     data.sensor_width = 36.0
     data.clip_start = 0.05
     data.clip_end = 2000.0
     cam = bpy.data.objects.new("camera", data)
     scene.collection.objects.link(cam)
+    place_camera(cam, spec)
+    scene.camera = cam
+
+
+def place_camera(cam: bpy.types.Object, spec: dict) -> None:
+    """The camera's lens, position and aim: all a scene's camera spec says."""
+    cam.data.lens = spec["lens"]
     cam.location = Vector(spec["position"])
     if not look_at(cam, spec["position"], spec["target"]):
         raise SceneError(f"camera target equals camera position: {spec['position']}")
-    scene.camera = cam
 
 
 def build_lights(scene: bpy.types.Scene, lights: list[dict]) -> None:
@@ -232,25 +237,44 @@ def configure_render(scene: bpy.types.Scene, out: Path, width: int, height: int,
     scene.view_settings.gamma = 1.0
 
 
-def render_spec(spec: dict, out: Path, width: int, height: int, samples: int, seed: int) -> None:
-    """Build the scene from its JSON (already validated on the host) and render it to `out`.
+# In a warm Blender (blender_server.py, keep=True): the last scene built and rendered, without its camera. A job
+# whose scene equals it but for the camera (a user walking through their room) moves the camera and renders again:
+# no factory reset, no rebuild, and with Cycles' persistent data its scene sync, BVH and shaders are kept too.
+_kept: dict | None = None
 
-    Starts from factory settings every time, so a warm Blender (blender_server.py) that renders job
-    after job gives the same pixels as a fresh one."""
+
+def render_spec(spec: dict, out: Path, width: int, height: int, samples: int, seed: int, *, keep: bool = False) -> bool:
+    """Build the scene from its JSON (already validated on the host) and render it to `out`; True when the built
+    scene was kept from the last render (only the camera moved).
+
+    Starts from factory settings every time unless `keep` finds the same scene built, so a warm Blender that renders
+    job after job gives the same pixels as a fresh one (a kept scene differs from a fresh one in nothing)."""
+    global _kept
     if width < 1 or height < 1 or samples < 1:
         raise SceneError(f"width, height and samples must be positive: {width}x{height} {samples}")
     if spec.get("version") != SCENE_VERSION:
         raise SceneError(f"scene version {spec.get('version')!r} is not {SCENE_VERSION}: update renderfarm")
-    scene = clear_scene()
-    build_room(spec["room"])
-    build_objects(spec["objects"])
-    build_camera(scene, spec["camera"])
-    build_lights(scene, spec["lights"])
-    build_world(scene, spec["world"])
+    rest = {k: v for k, v in spec.items() if k != "camera"}
+    scene = bpy.context.scene
+    kept = keep and _kept is not None and _kept == rest and scene.camera is not None
+    _kept = None  # until this render has succeeded: a failure leaves nothing to keep
+    if kept:
+        place_camera(scene.camera, spec["camera"])
+    else:
+        scene = clear_scene()
+        build_room(spec["room"])
+        build_objects(spec["objects"])
+        build_camera(scene, spec["camera"])
+        build_lights(scene, spec["lights"])
+        build_world(scene, spec["world"])
     configure_render(scene, out.resolve(), width, height, samples, seed)
+    scene.render.use_persistent_data = keep
     bpy.ops.render.render(write_still=True)
     if not out.is_file():
         raise SceneError(f"blender finished but wrote no image at {out}")
+    if keep:
+        _kept = rest
+    return kept
 
 
 def main(argv: list[str]) -> None:

@@ -6,8 +6,9 @@
 Protocol (one JSON object per line; Blender's own chatter goes to stdout/stderr, never to these fds):
   -> {"scene": PATH, "out": PATH, "width": W, "height": H, "samples": N, "seed": S}
   <- {"ready": true, "pid": PID}                       once, when loaded
-  <- {"ok": true, "seconds": T} | {"ok": false, "error": MESSAGE, "traceback": TEXT, "seconds": T}
-End of the request stream ends the server. Each job starts from factory settings (blender_scene.render_spec).
+  <- {"ok": true, "kept": K, "seconds": T} | {"ok": false, "error": MESSAGE, "traceback": TEXT, "seconds": T}
+End of the request stream ends the server. Each job starts from factory settings (blender_scene.render_spec),
+unless its scene is the last one's with only the camera moved: then the built scene is kept (K true).
 """
 
 import json
@@ -39,10 +40,16 @@ def serve(requests_fd, responses_fd):
             try:
                 req = json.loads(line)
                 spec = json.loads(Path(req["scene"]).read_text(encoding="utf-8"))
-                blender_scene.render_spec(
-                    spec, Path(req["out"]), int(req["width"]), int(req["height"]), int(req["samples"]), int(req["seed"])
+                kept = blender_scene.render_spec(
+                    spec,
+                    Path(req["out"]),
+                    int(req["width"]),
+                    int(req["height"]),
+                    int(req["samples"]),
+                    int(req["seed"]),
+                    keep=True,
                 )
-                reply = {"ok": True}
+                reply = {"ok": True, "kept": kept}
             except Exception as exc:
                 reply = {"ok": False, "error": str(exc), "traceback": traceback.format_exc()[-4000:]}
             reply["seconds"] = round(time.monotonic() - started, 3)

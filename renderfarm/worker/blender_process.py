@@ -47,6 +47,7 @@ class RenderResult:
     width: int
     height: int
     seconds: float
+    kept: bool = False  # a warm Blender kept the last job's built scene (only the camera moved)
 
 
 def blender_command(

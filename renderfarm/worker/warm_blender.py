@@ -199,7 +199,8 @@ class WarmBlender:
             os.replace(partial, out)
         finally:
             partial.unlink(missing_ok=True)
-        return RenderResult(path=out, width=profile.width, height=profile.height, seconds=time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return RenderResult(out, profile.width, profile.height, seconds, kept=bool(reply.get("kept")))
 
     # -- internals -------------------------------------------------------------------------------------
     def exit_status(self, wait: float = 0.0) -> int | None:

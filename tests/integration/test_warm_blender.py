@@ -21,7 +21,7 @@ from renderfarm.quality import DEFAULT_PROFILES, Quality
 from renderfarm.scene import Scene
 from renderfarm.worker.blender_process import render_scene
 from renderfarm.worker.warm_blender import WarmBlender
-from tests.pixels import assert_same_pixels
+from tests.pixels import assert_same_pixels, differ
 
 pytestmark = pytest.mark.integration
 PREVIEW = replace(DEFAULT_PROFILES[Quality.PREVIEW], samples=4)
@@ -55,6 +55,30 @@ def test_warm_and_cold_give_the_same_pixels(blender: str, scene: Scene, warm: Wa
     assert_same_pixels(first, cold)  # see tests/pixels.py: Cycles here is not bit-reproducible
     assert_same_pixels(second, cold)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["before.png", "cold.png", "warm1.png", "warm2.png"]
+
+
+def test_a_scene_whose_camera_alone_moved_is_kept_built_and_gives_a_fresh_renders_pixels(
+    blender: str, scene: Scene, warm: WarmBlender, tmp_path: Path
+) -> None:
+    """The keeper (blender_scene.render_spec, keep=True): the same room with only the camera moved is not built
+    again (Cycles' persistent data kept too), and its image is what a fresh Blender makes of the moved scene."""
+    moved = scene.model_copy(
+        update={"camera": scene.camera.model_copy(update={"position": [p + 0.3 for p in scene.camera.position]})}
+    )
+    assert not warm.render(scene, PREVIEW, tmp_path / "first.png", seed=3).kept
+    again = warm.render(moved, PREVIEW, tmp_path / "moved.png", seed=3)
+    assert again.kept, "only the camera moved: the built scene is kept"
+    cold = render_scene(moved, PREVIEW, tmp_path / "cold.png", blender=blender, seed=3).path
+    assert_same_pixels(again.path, cold)
+    assert differ(again.path, tmp_path / "first.png"), "the moved camera shows another view"
+
+    # Anything else changed (an object gone): built again from factory settings, as a fresh Blender would.
+    fewer = moved.model_copy(update={"objects": moved.objects[:-1]})
+    rebuilt = warm.render(fewer, PREVIEW, tmp_path / "fewer.png", seed=3)
+    assert not rebuilt.kept
+    assert_same_pixels(
+        rebuilt.path, render_scene(fewer, PREVIEW, tmp_path / "cold-fewer.png", blender=blender, seed=3).path
+    )
 
 
 def test_warm_blender_recovers_after_being_killed(scene: Scene, warm: WarmBlender, tmp_path: Path) -> None:
