@@ -68,7 +68,9 @@ def issue_token(user: User, *, rotate: bool = False) -> str | None:
 
 
 def find_token_user(session: Session, token: str) -> TokenUser | None:
-    row = session.execute(select(User.id, User.email).where(User.token_hash == token_hash(token))).first()
+    # One read, outside a transaction: no BEGIN and no ROLLBACK round trips around it on every request.
+    autocommit = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    row = autocommit.execute(select(User.id, User.email).where(User.token_hash == token_hash(token))).first()
     return None if row is None else TokenUser(user_id=row.id, email=row.email)
 
 
