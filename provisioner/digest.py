@@ -53,7 +53,7 @@ def digest_files(root: Path, rel_paths: Iterable[str], *, extra: Mapping[str, st
             h.update(f"L {rel}\0{os.readlink(path)}\n".encode())
             continue
         kind = "X" if path.stat().st_mode & 0o111 else "F"
-        h.update(f"{kind} {rel}\0{_file_sha256(path)}\n".encode())
+        h.update(f"{kind} {rel}\0{file_sha256(path)}\n".encode())
     for key, value in sorted((extra or {}).items()):
         h.update(f"E {key}\0{value}\n".encode())
     return h.hexdigest()
@@ -64,7 +64,7 @@ def digest_tree(root: Path, *, exclude: Collection[str] = (), extra: Mapping[str
     return digest_files(root, tree_files(root, exclude=exclude), extra=extra)
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

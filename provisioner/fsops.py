@@ -161,3 +161,41 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise _raise_write(path, exc) from exc
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Put source's bytes at dest: a hard link where both are on one filesystem, else a copy; either way made
+    beside dest and renamed over it, so dest is never half there."""
+    tmp = dest.parent / f".{dest.name}.renderdev-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _raise_write(dest, exc) from exc
+
+
+def remove_file(path: Path) -> bool:
+    """Remove a file (or link) of ours; False when it was not there."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _raise_write(path, exc) from exc
+    return True
+
+
+def ensure_dir(path: Path) -> None:
+    """Make a folder (and its parents) unless it is there."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _raise_write(path, exc) from exc

@@ -9,19 +9,21 @@ inputs). An image whose label matches is "ok" and is not rebuilt.
 
 The worker image (a render worker with Blender) is built from compose/worker/Dockerfile with compose/ as its
 context, so that it installs the api's wheelhouse. Its Blender is the version the api image declares (the api
-Dockerfile's `ARG BLENDER_VERSION`), from the Debian package blender_versions.yaml pins for that version; a version
-without such a pin cannot be built yet (installing a release archive in the image is a later step).
+Dockerfile's `ARG BLENDER_VERSION`): from the Debian package blender_versions.yaml pins for that version, else from
+the release archive it names, fetched and sha256-verified on the host and staged into the build context
+(provisioner/worker_blender.py). The archive's sha256 is a build arg, and so part of the context hash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +37,15 @@ from provisioner.config import REPO_ROOT, SERVICES, Settings
 from provisioner.digest import digest_tree
 from provisioner.errors import BlenderError, DockerError
 from provisioner.plan import Outcome, Step, StepState, run_steps
+from provisioner.worker_blender import WorkerBlender, choose, staged
+from provisioner.worker_blender import describe as describe_blender
 
 if TYPE_CHECKING:
     import docker
     from docker.models.images import Image
 
 HASH_LABEL = "org.renderdev.context-hash"
+SHA256_LABEL = "org.renderdev.blender-sha256"  # the worker's release archive, on its Dockerfile's first stage
 BUILT = ("redis", "db", "api", "worker")  # built in this order, each FROM the base image
 # What the stack runs: `invoke setup` and the test kit build these. The worker image (Blender inside, about 1.3 GB
 # and 4-5 minutes cold) only when asked: `invoke images` (all of BUILT) or `invoke workers`.
@@ -97,31 +102,19 @@ def api_blender_version(settings: Settings) -> str:
     return found.group(1)
 
 
-def worker_blender(settings: Settings) -> tuple[str, str]:
-    """(version, apt spec) of the worker image's Blender: the api's declared version and the Debian package that
-    blender_versions.yaml pins for it on the base image's distro. BlenderError when there is no such package."""
+def worker_blender(settings: Settings) -> WorkerBlender:
+    """The worker image's Blender: the api's declared version, from the Debian package blender_versions.yaml pins for
+    it on the base image's distro, else from its release archive (provisioner/worker_blender.py)."""
     from provisioner.blender.versions import load_versions
 
     version = api_blender_version(settings)
-    pin = load_versions(settings.blender_versions_file).entry(version).apt
-    if pin is None or pin.distro not in (None, IMAGE_DISTRO):
-        pinned = "none" if pin is None else f"{pin.spec} for {pin.distro}"
-        raise BlenderError(
-            f"cannot build {settings.image('worker')}: the api image declares Blender {version}"
-            f" ({context_dir(settings, 'api') / 'Dockerfile'}), and {settings.blender_versions_file} pins no"
-            f" {IMAGE_DISTRO} package of it (apt: {pinned}); the worker image installs Blender from Debian's package"
-            " only (from a release archive: not yet)",
-            hint="declare a version Debian 12 packages (3.4.1) in compose/api/Dockerfile (ARG BLENDER_VERSION), or"
-            f" pin its package under `apt:` in {settings.blender_versions_file}; then re-run: invoke images",
-        )
-    return version, pin.spec
+    return choose(version, load_versions(settings.blender_versions_file), IMAGE_DISTRO)
 
 
 def build_args(settings: Settings, name: str | None = None) -> dict[str, str]:
     args = {"BASE_IMAGE": settings.base_image}
     if name == "worker":
-        version, package = worker_blender(settings)
-        args.update(BLENDER_VERSION=version, BLENDER_PACKAGE=package)
+        args.update(worker_blender(settings).build_args())
     return args
 
 
@@ -138,7 +131,8 @@ def context_hash(
     extra = {"base_image_id": base_id, **{f"arg {k}": v for k, v in build_args(settings, name).items()}}
     if name in WHEELHOUSE_IMAGES:
         extra["wheelhouse"] = wheelhouse.inputs_digest(settings, root, parts=wheelhouse_parts)
-    return digest_tree(context_dir(settings, name), exclude=("wheels",), extra=extra)
+    # the worker's staged archive (blender/) counts through its sha256, a build arg
+    return digest_tree(context_dir(settings, name), exclude=("wheels", "blender"), extra=extra)
 
 
 # ---------------------------------------------------------------- plan
@@ -197,24 +191,28 @@ def _plan_build(
     def apply() -> str:
         return build_image(client, settings, console, name)
 
+    blender = ""  # the worker's: "; Blender X.Y.Z from ..." in each state, so a dry run says where it comes from
     if name == "worker":
         try:
-            worker_blender(settings)
+            blender = "; " + describe_blender(settings, worker_blender(settings))
         except (BlenderError, DockerError) as exc:
             return Step("images", title, StepState.CHANGE, f"cannot build: {exc.message}", apply=apply)
     if base_id is None:
-        return Step("images", title, StepState.CHANGE, "build, once the base image is there", apply=apply)
+        return Step("images", title, StepState.CHANGE, f"build, once the base image is there{blender}", apply=apply)
     image = find_image(client, tag)
     if image is None:
-        return Step("images", title, StepState.CHANGE, f"build from {context_dir(settings, name)}", apply=apply)
+        return Step(
+            "images", title, StepState.CHANGE, f"build from {context_dir(settings, name)}{blender}", apply=apply
+        )
     if image.labels.get(HASH_LABEL) == context_hash(settings, name, base_id, wheelhouse_parts=wheelhouse_parts):
-        return Step("images", title, StepState.OK, short_id(image.id))
+        return Step("images", title, StepState.OK, f"{short_id(image.id)}{blender}")
     inputs = f"{context_dir(settings, name)}, the base image"
     if name in WHEELHOUSE_IMAGES:
         inputs += ", requirements.txt or the renderfarm sources"
     if name == "worker":
-        inputs += ", the declared Blender"
-    return Step("images", title, StepState.CHANGE, f"rebuild: {inputs} changed since {short_id(image.id)}", apply=apply)
+        inputs += ", the declared Blender or its archive"
+    detail = f"rebuild: {inputs} changed since {short_id(image.id)}{blender}"
+    return Step("images", title, StepState.CHANGE, detail, apply=apply)
 
 
 # ---------------------------------------------------------------- base image
@@ -301,25 +299,68 @@ def build_image(client: docker.DockerClient, settings: Settings, console: Consol
             f"cannot build {settings.image(name)}: the base image {settings.base_image} is missing",
             hint="invoke images",
         )
-    args = build_args(settings, name)  # first: a worker without a Debian package of its Blender fails here
-    if name in WHEELHOUSE_IMAGES and wheelhouse.stale_parts(settings):
-        wheelhouse.build_wheelhouse(settings, console)
-    previous = find_image(client, settings.image(name))
-    started = time.monotonic()
-    context, dockerfile = build_context(settings, name)
-    image_id = docker_build(
-        client,
-        console,
-        tag=settings.image(name),
-        context=context,
-        dockerfile=dockerfile,
-        buildargs=args,
-        labels={HASH_LABEL: context_hash(settings, name, base.id)},
-    )
+    args = build_args(settings, name)  # first: a worker whose Blender has no source fails here
+    blender = worker_blender(settings) if name == "worker" else None
+    # next, the worker's release archive (for Blender without a Debian package): fetched and verified, then staged in
+    # the build context for this build only. A download that fails or does not match fails here, before any build.
+    with _blender_staged(settings, blender, console):
+        if name in WHEELHOUSE_IMAGES and wheelhouse.stale_parts(settings):
+            wheelhouse.build_wheelhouse(settings, console)
+        previous = find_image(client, settings.image(name))
+        started = time.monotonic()
+        context, dockerfile = build_context(settings, name)
+        image_id = docker_build(
+            client,
+            console,
+            tag=settings.image(name),
+            context=context,
+            dockerfile=dockerfile,
+            buildargs=args,
+            labels={HASH_LABEL: context_hash(settings, name, base.id)},
+        )
     done = f"built {short_id(image_id)} in {time.monotonic() - started:.0f} s"
     if previous is not None and previous.id != image_id and _remove_untagged(client, previous.id):
         done += f", removed the old {short_id(previous.id)}"
+    if blender is not None and (pruned := _prune_unpacked(client, blender)):
+        done += f", removed {pruned} superseded unpacked archive(s)"
     return done
+
+
+@contextlib.contextmanager
+def _blender_staged(settings: Settings, blender: WorkerBlender | None, console: Console) -> Iterator[None]:
+    if blender is None:  # not the worker image
+        yield
+        return
+    with staged(settings, blender, console):
+        yield
+
+
+UNPACKED_STAGE = "org.renderdev.stage=worker-unpacked"  # the label of the worker Dockerfile's first stage
+
+
+def unpacked_stages(client: docker.DockerClient, version: str) -> list[Image]:
+    """The untagged images of the worker Dockerfile's first stage (an unpacked release archive) for `version`."""
+    try:
+        found: list[Image] = client.images.list(
+            filters={"dangling": True, "label": [UNPACKED_STAGE, f"org.blender.version={version}"]}
+        )
+    except DockerException as exc:
+        raise DockerError(f"cannot list images: {_first_line(exc)}") from exc
+    return found
+
+
+def _prune_unpacked(client: docker.DockerClient, chosen: WorkerBlender) -> int:
+    """Remove the first-stage images of archives of this version other than the one just built from (a changed
+    archive leaves the old one unpacked, a Blender's size, as build cache). The current one stays: a rebuild with the
+    same archive does not unpack it again. Apt builds have no archive, and remove nothing."""
+    if not chosen.sha256:
+        return 0
+    stale = [
+        i
+        for i in unpacked_stages(client, chosen.version)
+        if i.labels.get(SHA256_LABEL) not in (None, "", chosen.sha256)
+    ]
+    return sum(_remove_untagged(client, image.id) for image in stale)
 
 
 def _remove_untagged(client: docker.DockerClient, image_id: str) -> bool:

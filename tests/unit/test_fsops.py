@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from provisioner.errors import HostWriteError
 from provisioner.fsops import (
     atomic_symlink,
     atomic_write_text,
+    link_or_copy,
     move_aside,
+    remove_file,
     replace_marked_block,
     staging_dir,
 )
@@ -98,3 +101,28 @@ def test_marked_block_remove_keeps_the_rest() -> None:
 def test_unterminated_block_does_not_eat_the_file() -> None:
     text = f"a\n{B}\nhalf\nimportant\n"
     assert replace_marked_block(text, B, E, None) == text
+
+
+def test_link_or_copy_links_on_one_filesystem_else_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"archive bytes")
+    linked = tmp_path / "ctx" / "a.bin"
+    link_or_copy(src, linked)
+    assert linked.read_bytes() == b"archive bytes" and linked.stat().st_ino == src.stat().st_ino
+
+    def cross_device(a: object, b: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    copied = tmp_path / "ctx" / "b.bin"
+    copied.write_bytes(b"old")
+    link_or_copy(src, copied)
+    assert copied.read_bytes() == b"archive bytes" and copied.stat().st_ino != src.stat().st_ino
+    assert sorted(p.name for p in copied.parent.iterdir()) == ["a.bin", "b.bin"]  # no temp file left
+
+
+def test_remove_file(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("x")
+    assert remove_file(f) is True and not f.exists()
+    assert remove_file(f) is False

@@ -1,6 +1,6 @@
 """`invoke workers` without Docker: --replicas and --queues checked naming the value, the containers' user (never
-root), the worker options a container reads from its environment, and the worker image's Blender (a declared
-version without a Debian package is refused, naming it and what to do)."""
+root), the worker options a container reads from its environment, and the worker image's Blender (Debian's package
+when one is pinned; otherwise the release archive, tests/unit/test_worker_blender.py)."""
 
 from __future__ import annotations
 
@@ -74,22 +74,22 @@ def _compose_copy(tmp_path: Path, version: str | None = None) -> Path:
 def test_the_worker_gets_the_apis_blender_from_the_pinned_debian_package(tmp_path: Path) -> None:
     settings = load_settings(compose_dir=_compose_copy(tmp_path), state_dir=tmp_path / "state")
     assert api_blender_version(settings) == "3.4.1"
-    assert worker_blender(settings) == ("3.4.1", "blender=3.4.1+dfsg-2+b1")
+    chosen = worker_blender(settings)
+    assert (chosen.version, chosen.source, chosen.package) == ("3.4.1", "apt", "blender=3.4.1+dfsg-2+b1")
     args = build_args(settings, "worker")
     assert (args["BLENDER_VERSION"], args["BLENDER_PACKAGE"]) == ("3.4.1", "blender=3.4.1+dfsg-2+b1")
+    assert (args["BLENDER_SOURCE"], args["BLENDER_ARCHIVE"], args["BLENDER_SHA256"]) == ("apt", "", "")
     assert build_args(settings, "api") == build_args(settings) == {"BASE_IMAGE": settings.base_image}
 
 
-def test_a_declared_version_without_a_debian_package_is_refused_naming_it(tmp_path: Path) -> None:
+def test_a_declared_version_without_a_debian_package_comes_from_its_release_archive(tmp_path: Path) -> None:
     settings = load_settings(compose_dir=_compose_copy(tmp_path, "4.2.3"), state_dir=tmp_path / "state")
-    with pytest.raises(BlenderError) as err:
-        worker_blender(settings)
-    message, hint = err.value.message, err.value.hint or ""
-    assert "declares Blender 4.2.3" in message and "pins no debian-12 package" in message, message
-    assert "release archive: not yet" in message
-    assert "ARG BLENDER_VERSION" in hint and "invoke images" in hint
-    with pytest.raises(BlenderError):
-        context_hash(settings, "worker", "sha256:base")  # and so the build step fails
+    chosen = worker_blender(settings)
+    assert (chosen.version, chosen.source, chosen.archive) == ("4.2.3", "archive", "blender-4.2.3-linux-x64.tar.xz")
+    assert chosen.sha256 == "3a64efd1982465395abab4259b4091d5c8c56054c7267e9633e4f702a71ea3f4"  # the versions file's
+    args = build_args(settings, "worker")
+    assert (args["BLENDER_SOURCE"], args["BLENDER_PACKAGE"], args["BLENDER_SHA256"]) == ("archive", "", chosen.sha256)
+    context_hash(settings, "worker", "sha256:base")  # and so the image can be planned and built
 
 
 def test_the_worker_image_hash_tracks_its_folder_the_wheelhouse_inputs_and_the_declared_blender(
@@ -110,5 +110,7 @@ def test_the_worker_image_hash_tracks_its_folder_the_wheelhouse_inputs_and_the_d
     api_file.write_text(api_file.read_text() + "# an api-only edit\n")
     assert context_hash(settings, "worker", "sha256:base") == same  # the api's Dockerfile: only its Blender counts
     api_file.write_text(api_file.read_text().replace("ARG BLENDER_VERSION=3.4.1", "ARG BLENDER_VERSION=3.3.21"))
-    with pytest.raises(BlenderError):  # 3.3.21 has no Debian package pinned: no worker image can be built
+    assert context_hash(settings, "worker", "sha256:base") != same  # 3.3.21: its release archive instead
+    api_file.write_text(api_file.read_text().replace("ARG BLENDER_VERSION=3.3.21", "ARG BLENDER_VERSION=1.2.3"))
+    with pytest.raises(BlenderError, match="Blender 1.2.3 is not in"):  # not in the versions file: no worker image
         context_hash(settings, "worker", "sha256:base")
