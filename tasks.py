@@ -68,6 +68,10 @@ BLENDER_HELP = {
     "dry_run": "print the plan and change nothing",
 }
 LIVE_HELP = "run the api on the working tree's renderfarm/ with reload (no image rebuild); without it: the image"
+EXPOSE_HELP = (
+    "also reach the stack on this IPv4 address of the host, TLS only (https API, Redis TLS); remembered;"
+    " 'none' withdraws it"
+)
 
 
 def _blender_settings(
@@ -90,7 +94,7 @@ def _blender_settings(
     )
 
 
-@task(help={**BLENDER_HELP, "live": LIVE_HELP})
+@task(help={**BLENDER_HELP, "live": LIVE_HELP, "expose": EXPOSE_HELP})
 @edge
 def setup(
     c: Context,
@@ -105,11 +109,14 @@ def setup(
     insecure: bool = False,
     dry_run: bool = False,
     live: bool = False,
+    expose: str | None = None,
 ) -> None:
     """Bring up images, services, the host Blender and the shell aliases (plan first, then apply)."""
     from provisioner.setup import setup as run_setup
 
-    settings = _blender_settings(api_container, versions_file, mirror, source, install_root, link, live=live or None)
+    settings = _blender_settings(
+        api_container, versions_file, mirror, source, install_root, link, live=live or None, expose=expose
+    )
     run_setup(_client(), settings, _console(), dry_run=dry_run, force=force, version=version, insecure=insecure)
 
 
@@ -125,15 +132,15 @@ def images(c: Context, dry_run: bool = False) -> None:
     report(console, run_steps(console, steps, dry_run=dry_run, heading="Plan: images"), dry_run=dry_run)
 
 
-@task(help={"live": LIVE_HELP, "dry_run": BLENDER_HELP["dry_run"]})
+@task(help={"live": LIVE_HELP, "expose": EXPOSE_HELP, "dry_run": BLENDER_HELP["dry_run"]})
 @edge
-def services(c: Context, live: bool = False, dry_run: bool = False) -> None:
+def services(c: Context, live: bool = False, expose: str | None = None, dry_run: bool = False) -> None:
     """Guard the loopback ports (engines before 28), start redis, db and api with compose, wait until healthy."""
     from provisioner.plan import report, run_steps
     from provisioner.setup import services_steps
 
     console = _console()
-    steps = services_steps(_client(), _settings(live=live or None), dry_run=dry_run)
+    steps = services_steps(_client(), _settings(live=live or None, expose=expose), dry_run=dry_run)
     report(console, run_steps(console, steps, dry_run=dry_run, heading="Plan: services"), dry_run=dry_run)
 
 
@@ -248,19 +255,26 @@ def worker(
         "name": "the credential's name (lowercase letters, digits, '-'): one per host or group of workers",
         "output": "where to write the worker file (default: the state folder's workers/<name>.json)",
         "rotate": "new token and Redis password (the old file stops working at once)",
+        "address": "loopback (127.0.0.1, plain) or exposed (TLS, with the CA); default: exposed when exposed",
         "dry_run": BLENDER_HELP["dry_run"],
     }
 )
 @edge
 def worker_config(
-    c: Context, name: str = "", output: str | None = None, rotate: bool = False, dry_run: bool = False
+    c: Context,
+    name: str = "",
+    output: str | None = None,
+    rotate: bool = False,
+    address: str | None = None,
+    dry_run: bool = False,
 ) -> None:
     """Write the one file a render worker on another host needs (API URL, worker token, its Redis user; 0600)."""
     from pathlib import Path
 
     from provisioner.worker_access import worker_config as make
 
-    make(_settings(), _console(), name=name, output=Path(output) if output else None, rotate=rotate, dry_run=dry_run)
+    out = Path(output) if output else None
+    make(_settings(), _console(), name=name, output=out, rotate=rotate, dry_run=dry_run, address=address)
 
 
 @task(help={"name": "the credential to revoke", "dry_run": BLENDER_HELP["dry_run"]})

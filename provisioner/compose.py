@@ -118,6 +118,14 @@ def compose_env(settings: Settings, extra: Mapping[str, str] | None = None) -> d
     )
     if settings.live:
         env["RENDERDEV_LIVE_SOURCE"] = str(settings.live_source)
+    if settings.exposed_address:  # compose/expose.yaml's variables
+        from provisioner.tls import server_cert_digest
+
+        env.update(
+            RENDERDEV_EXPOSE_ADDRESS=settings.exposed_address,
+            RENDERDEV_TLS_DIR=str(settings.tls_dir),
+            RENDERDEV_TLS_DIGEST=server_cert_digest(settings),  # a new certificate recreates the containers
+        )
     env.update(extra or {})
     env[CONFIG_HASH_VAR] = config_hash(settings, env)
     return env

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     preemption_url: str | None = None  # cloud metadata endpoint a worker watches for a preemption notice
     preemption_poll: float = Field(5.0, gt=0, le=3600)
     database_url: str | None = None  # seed-credits: another database than the stack's (needs --force)
+    # An IPv4 address of this host the stack is also reached on, with TLS only (provisioner/exposure.py); "none"
+    # withdraws it. Unset: as remembered in <state>/<project>/expose.json.
+    expose: str | None = None
 
     # images
     base_image: str = "renderdev/base:bookworm"
@@ -103,6 +106,11 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return Path(os.path.expanduser(v))
+
+    @field_validator("expose")
+    @classmethod
+    def _none_word(cls, v: str | None) -> str | None:
+        return None if v is None else ("none" if v.strip().lower() in ("", "none") else v.strip())
 
     @field_validator("rc_files")
     @classmethod
@@ -146,8 +154,28 @@ class Settings(BaseSettings):
 
     @property
     def compose_files(self) -> list[Path]:
-        """compose.yaml, and in live mode the override that runs the api on the working tree's code."""
-        return [self.compose_file, *([self.compose_dir / "live.yaml"] if self.live else [])]
+        """compose.yaml, in live mode the override that runs the api on the working tree's code, and when exposed
+        the one that publishes the TLS ports on the exposed address."""
+        return [
+            self.compose_file,
+            *([self.compose_dir / "live.yaml"] if self.live else []),
+            *([self.compose_dir / "expose.yaml"] if self.exposed_address else []),
+        ]
+
+    @property
+    def exposed_address(self) -> str | None:
+        """The address the stack is exposed on (TLS only), or None: 127.0.0.1 only."""
+        return None if self.expose in (None, "none") else self.expose
+
+    @property
+    def expose_file(self) -> Path:
+        """The exposure renderdev was last asked for (JSON), kept for the runs that do not say."""
+        return self.project_state_dir / "expose.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The stack's CA and server certificate (provisioner/tls.py)."""
+        return self.project_state_dir / "tls"
 
     def image(self, name: str) -> str:
         return f"{self.image_prefix}/{name}:{self.image_tag}"
@@ -177,7 +205,7 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the settings now. Options given as None are left to the file/environment/defaults."""
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return _with_remembered_ports(Settings(**given))
+        return _with_remembered_exposure(_with_remembered_ports(Settings(**given)))
     except ValidationError as exc:
         problems = []
         origins: list[str] = []
@@ -208,6 +236,21 @@ def _with_remembered_ports(settings: Settings) -> Settings:
     }
     out = settings.model_copy(update=chosen) if chosen else settings
     out._explicit = explicit
+    return out
+
+
+def _with_remembered_exposure(settings: Settings) -> Settings:
+    """An exposure not given (option, variable, file) is the one remembered in the project's expose.json."""
+    if "expose" in settings.model_fields_set:
+        return settings
+    try:
+        remembered = json.loads(settings.expose_file.read_text()).get("address")
+    except (OSError, ValueError, AttributeError):
+        return settings
+    if not isinstance(remembered, str):
+        return settings
+    out = settings.model_copy(update={"expose": remembered})
+    out._explicit = settings._explicit
     return out
 
 

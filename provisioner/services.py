@@ -141,6 +141,18 @@ def ensure_renders_folder(settings: Settings) -> str:
     return f"{folder} made"
 
 
+def stack_services(settings: Settings) -> tuple[str, ...]:
+    """The services `invoke services` runs and waits for: redis, db and api, and api-tls when exposed."""
+    from provisioner.exposure import TLS_SERVICE
+
+    return (*SERVICES, TLS_SERVICE) if settings.exposed_address else SERVICES
+
+
+def _image_of(service: str) -> str:
+    """The image a service runs (api-tls is the api image)."""
+    return "api" if service == "api-tls" else service
+
+
 def service_state(client: docker.DockerClient, settings: Settings, service: str) -> ServiceState:
     c = service_container(client, settings.project, service)
     return _service_state(client, settings, service, c, compose.compose_env(settings)[compose.CONFIG_HASH_VAR])
@@ -152,7 +164,7 @@ def _service_state(
     if c is None:
         return ServiceState(service, None, "missing", None, False)
     state = _state_of(c)
-    image = find_image(client, settings.image(service))
+    image = find_image(client, settings.image(_image_of(service)))
     return ServiceState(
         service=service,
         container=c.name,
@@ -166,9 +178,10 @@ def _service_state(
 def service_states(client: docker.DockerClient, settings: Settings) -> list[ServiceState]:
     """Each service's state, as service_state finds it, from one listing of the project's containers (and the
     compose config hash worked out once: it depends on the settings and the compose files only)."""
-    containers = service_containers(client, settings.project, SERVICES)
+    services = stack_services(settings)
+    containers = service_containers(client, settings.project, services)
     wanted_config = compose.compose_env(settings)[compose.CONFIG_HASH_VAR]
-    return [_service_state(client, settings, svc, containers.get(svc), wanted_config) for svc in SERVICES]
+    return [_service_state(client, settings, svc, containers.get(svc), wanted_config) for svc in services]
 
 
 # ---------------------------------------------------------------- plan
@@ -185,7 +198,7 @@ def plan_services(client: docker.DockerClient, settings: Settings) -> list[Step]
     # Secret files are bind mounts of one inode: after rewriting them, existing containers need recreating.
     recreate = bool(stale_mounts(settings)) and any(s.container for s in states)
     if not recreate and all(s.ok for s in states):
-        ready = Step("services", title, StepState.OK, "redis, db, api running and healthy")
+        ready = Step("services", title, StepState.OK, f"{', '.join(stack_services(settings))} running and healthy")
         return [secrets_step, *folder_steps, ready]
     _refuse_ports_in_use(client, settings)
     wrong = [f"{s.service}: {s.describe()}" for s in states if not s.ok]
@@ -315,7 +328,7 @@ def bring_up(client: docker.DockerClient, settings: Settings, *, force_recreate:
     settings.renders_dir.chmod(0o755)  # the api container's non-root user reads the images from here
     started = time.monotonic()
     compose.up(settings, driver=driver, force_recreate=force_recreate)
-    wait_healthy(client, settings, started + settings.health_timeout)
+    wait_healthy(client, settings, started + settings.health_timeout, services=stack_services(settings))
     return f"{driver.describe()} up; healthy after {time.monotonic() - started:.1f} s"
 
 

@@ -69,24 +69,32 @@ def urls_line(settings: Settings) -> str:
     from provisioner.services import stack_urls
 
     u = stack_urls(settings)
-    return (
+    line = (
         f"Project {settings.project}: page and API {u['api']} (docs {u['docs']});"
         f" Redis port {settings.redis_port}, Postgres port {settings.db_port}"
     )
+    if settings.exposed_address:
+        from provisioner.exposure import describe
+
+        line += f"; {describe(settings)}"
+    return line
 
 
 def services_steps(
     client: docker.DockerClient, settings: Settings, *, dry_run: bool, ports: Step | None = None
 ) -> list[Step]:
-    """The services phase (of `invoke setup` and `invoke services`): the host ports (a free one for a default
-    that is taken), the loopback guard, so the ports are guarded before compose publishes them, then secrets and
-    the stack. `ports`: that step, when the caller planned it already (and goes on with its settings)."""
+    """The services phase (of `invoke setup` and `invoke services`): the exposure (an address checked, remembered,
+    its certificates: provisioner.exposure), the host ports (a free one for a default that is taken), the loopback
+    guard, so the ports are guarded before compose publishes them, then secrets and the stack. `ports`: that step,
+    when the caller planned it already (and goes on with its settings)."""
+    from provisioner.exposure import plan_exposure
     from provisioner.firewall import plan_guard
     from provisioner.services import plan_ports, plan_services
 
     if ports is None:
         settings, ports = plan_ports(client, settings)
-    return [ports, plan_guard(client, settings, dry_run=dry_run), *plan_services(client, settings)]
+    exposure = plan_exposure(client, settings)
+    return [*exposure, ports, plan_guard(client, settings, dry_run=dry_run), *plan_services(client, settings)]
 
 
 def teardown(

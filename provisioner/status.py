@@ -32,6 +32,7 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
         checks += check_aliases(settings)
         return checks
     from provisioner.blender.provision import check_blender
+    from provisioner.exposure import check_exposure
     from provisioner.firewall import check_guard
     from provisioner.images import STACK_IMAGES, find_image, plan_images
     from provisioner.services import check_services
@@ -44,7 +45,7 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
     for step in plan_images(client, settings, console, only=STACK_IMAGES + worker):
         checks.append(Check(step.title, not step.needed, step.detail or step.state.value, "invoke images"))
     checks += check_secrets(settings)
-    for group in (check_services, check_guard, check_blender):
+    for group in (check_services, check_exposure, check_guard, check_blender):
         try:
             checks += group(client, settings)
         except RenderdevError as exc:

@@ -45,11 +45,13 @@ PASSWORD_BYTES = 32
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a worker reaches the stack: the API's URL and Redis's address, as seen from where it runs."""
+    """Where a worker reaches the stack: the API's URL and Redis's address, as seen from where it runs, and for an
+    exposed stack (provisioner.exposure) the CA certificate (PEM) its TLS is checked with."""
 
     api_url: str
     redis_host: str
     redis_port: int
+    ca: str | None = None
 
 
 def host_endpoints(settings: Settings) -> Endpoints:
@@ -195,7 +197,11 @@ def plan_credential(
     )
     if works and old is not None:
         wanted = replace(
-            old, api_url=endpoints.api_url, redis_host=endpoints.redis_host, redis_port=endpoints.redis_port
+            old,
+            api_url=endpoints.api_url,
+            redis_host=endpoints.redis_host,
+            redis_port=endpoints.redis_port,
+            ca=endpoints.ca,
         )
     else:
         wanted = WorkerAccess(
@@ -206,6 +212,7 @@ def plan_credential(
             redis_port=endpoints.redis_port,
             redis_user=user,
             redis_password=_random.token_urlsafe(PASSWORD_BYTES),
+            ca=endpoints.ca,
         )
 
     def apply() -> str:
@@ -224,6 +231,20 @@ def plan_credential(
     return Step("workers", title, StepState.CHANGE, detail, apply=apply)
 
 
+ADDRESS_KINDS = ("loopback", "exposed")
+
+
+def endpoints_for(settings: Settings, address: str | None) -> Endpoints:
+    """The endpoints a worker file names: "loopback" (this host's 127.0.0.1, plain: format renderdev-worker/1) or
+    "exposed" (the exposed address, TLS and the CA: renderdev-worker/2); None: exposed when the stack is exposed."""
+    from provisioner.exposure import exposed_endpoints
+
+    kind = address or ("exposed" if settings.exposed_address else "loopback")
+    if kind not in ADDRESS_KINDS:
+        raise ConfigError(f"--address {address!r}: use loopback or exposed", hint="invoke worker-config --help")
+    return exposed_endpoints(settings) if kind == "exposed" else host_endpoints(settings)
+
+
 def worker_config(
     settings: Settings,
     console: Console,
@@ -232,15 +253,16 @@ def worker_config(
     output: Path | None = None,
     rotate: bool = False,
     dry_run: bool = False,
+    address: str | None = None,
 ) -> Path:
     """`invoke worker-config`: make (or keep) credential `name` and its worker file at `output` (default: the state
-    folder's workers/), mode 0600, for a worker on this or another host. Returns the file's path."""
+    folder's workers/), mode 0600, for a worker on this or another host. `address`: which address the file names
+    (endpoints_for: by default the exposed one, with TLS, when the stack is exposed). Returns the file's path."""
     path = output if output is not None else worker_file(settings, name)
     worker_user(name)  # the name is checked before anything connects
+    endpoints = endpoints_for(settings, address)
     with stack_clients(settings) as (r, sessions):
-        step = plan_credential(
-            settings, r, sessions, name=name, path=path, endpoints=host_endpoints(settings), rotate=rotate
-        )
+        step = plan_credential(settings, r, sessions, name=name, path=path, endpoints=endpoints, rotate=rotate)
         outcome = run_steps(console, [step], dry_run=dry_run, heading="Plan: worker credential")
     report(console, outcome, dry_run=dry_run)
     if not dry_run:

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 
 from renderfarm.settings import ServiceSettings, WorkerAccess
+from renderfarm.tls import redis_tls_options
 
 CONNECT_TIMEOUT = 3.0  # seconds: a request or health check must answer quickly, even when a service is down
 POOL_SIZE = 20  # Postgres connections a process keeps open, at most (only as many as it ever used at once)
@@ -35,7 +36,9 @@ def make_redis(settings: ServiceSettings, *, socket_timeout: float | None = CONN
 
 
 def make_worker_redis(access: WorkerAccess, *, socket_timeout: float | None = None) -> redis.Redis:
-    """A worker's Redis connection with its own ACL user (rq's keys only: provisioner.redis_acl)."""
+    """A worker's Redis connection with its own ACL user (rq's keys only: provisioner.redis_acl); over TLS trusting
+    only the worker file's CA when it has one (an exposed stack: renderfarm.tls)."""
+    tls = redis_tls_options(access.ca) if access.ca is not None else {}
     return redis.Redis(
         host=access.redis_host,
         port=access.redis_port,
@@ -44,6 +47,7 @@ def make_worker_redis(access: WorkerAccess, *, socket_timeout: float | None = No
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
+        **tls,
     )
 
 

@@ -188,14 +188,20 @@ class Reliability:
         )
 
 
-WORKER_FILE_FORMAT = "renderdev-worker/1"
+WORKER_FILE_FORMAT = "renderdev-worker/1"  # a stack on this host or its compose network: plain, no `ca`
+WORKER_FILE_FORMAT_TLS = "renderdev-worker/2"  # an exposed stack: https API, Redis with TLS, and the `ca` to trust
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 
 
 @dataclass(frozen=True)
 class WorkerAccess:
     """All a render worker on any host needs to take part in the stack's jobs: the file `invoke worker-config` writes
     (JSON, mode 0600). The API's URL and this credential's worker token (renderfarm.worker_api), and its Redis user,
-    which reaches rq's keys only. No database credential, no renders folder: the worker uploads its images."""
+    which reaches rq's keys only. No database credential, no renders folder: the worker uploads its images.
+
+    `ca`: for a stack exposed over the network (format renderdev-worker/2), the stack's CA certificate (PEM), the only
+    one the worker trusts for both the API (https) and Redis (TLS) (renderfarm.tls). None: format renderdev-worker/1,
+    a stack reached over loopback or its compose network, in plain text."""
 
     name: str
     api_url: str
@@ -204,9 +210,15 @@ class WorkerAccess:
     redis_port: int
     redis_user: str
     redis_password: str
+    ca: str | None = None
+
+    @property
+    def format(self) -> str:
+        return WORKER_FILE_FORMAT if self.ca is None else WORKER_FILE_FORMAT_TLS
 
     def to_json(self) -> str:
-        return json.dumps({"format": WORKER_FILE_FORMAT, **self.__dict__}, indent=2) + "\n"
+        fields = {k: v for k, v in self.__dict__.items() if k != "ca" or v is not None}
+        return json.dumps({"format": self.format, **fields}, indent=2) + "\n"
 
     @classmethod
     def from_file(cls, path: Path, *, private: bool = True) -> WorkerAccess:
@@ -226,11 +238,15 @@ class WorkerAccess:
             raise RenderConfigError(
                 f"the worker file {path} is readable by others (mode {mode & 0o777:o}): chmod 600 {path}"
             )
-        if not isinstance(raw, dict) or raw.get("format") != WORKER_FILE_FORMAT:
+        formats = (WORKER_FILE_FORMAT, WORKER_FILE_FORMAT_TLS)
+        if not isinstance(raw, dict) or raw.get("format") not in formats:
             fmt = raw.get("format") if isinstance(raw, dict) else None
-            raise RenderConfigError(f"the worker file {path} has format {fmt!r}, not {WORKER_FILE_FORMAT!r} ({hint})")
+            raise RenderConfigError(
+                f"the worker file {path} has format {fmt!r}, not {' or '.join(map(repr, formats))} ({hint})"
+            )
+        tls = raw["format"] == WORKER_FILE_FORMAT_TLS
         try:
-            return cls(
+            access = cls(
                 name=str(raw["name"]),
                 api_url=str(raw["api_url"]).rstrip("/"),
                 token=str(raw["token"]),
@@ -238,9 +254,16 @@ class WorkerAccess:
                 redis_port=int(raw["redis_port"]),
                 redis_user=str(raw["redis_user"]),
                 redis_password=str(raw["redis_password"]),
+                ca=str(raw["ca"]) if tls else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise RenderConfigError(f"the worker file {path} lacks or mangles {exc} ({hint})") from exc
+        if tls and (PEM_CERTIFICATE not in (access.ca or "") or not access.api_url.startswith("https://")):
+            raise RenderConfigError(
+                f"the worker file {path} (format {WORKER_FILE_FORMAT_TLS}) needs an https api_url and a PEM"
+                f" certificate in `ca` ({hint})"
+            )
+        return access
 
 
 def _default_samples() -> Mapping[Quality, int]:

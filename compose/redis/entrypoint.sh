@@ -27,6 +27,11 @@
 # So the safe way is the one taken here: the file always has the default line before Redis starts (and only ACL
 # SAVE, which writes that line too, ever rewrites it while Redis runs; never ACL LOAD a file without it). A missing
 # aclfile stops Redis at start ("Error loading ACLs"), and `user` lines in redis.conf are refused beside an aclfile.
+#
+# TLS (an exposed stack: compose/expose.yaml): with REDIS_TLS_PORT, REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE and
+# REDIS_TLS_CA_FILE set, Redis also listens with TLS on that port. The key is mounted as the host's containers' user's
+# (mode 0600): as root this script copies it, with the certificates, into /run/redis/tls for the redis user. Clients
+# are not asked for a certificate (`tls-auth-clients no`): their ACL user and password authenticate them.
 set -eu
 
 pwfile="${REDIS_PASSWORD_FILE:-/run/secrets/redis_password}"
@@ -76,6 +81,30 @@ aclfile $acl
 # Keyspace events for hashes: the API pushes each change of a job's ledger hash to the page (renderfarm/page.py).
 notify-keyspace-events Kh
 CONF
+
+if [ -n "${REDIS_TLS_PORT:-}" ]; then
+    for f in "${REDIS_TLS_CERT_FILE:?}" "${REDIS_TLS_KEY_FILE:?}" "${REDIS_TLS_CA_FILE:?}"; do
+        if [ ! -s "$f" ]; then
+            echo "renderdev-redis: TLS file $f is missing or empty (invoke services --expose ADDRESS makes it)" >&2
+            exit 1
+        fi
+    done
+    mkdir -p /run/redis/tls
+    cp "$REDIS_TLS_CERT_FILE" /run/redis/tls/server.crt
+    cp "$REDIS_TLS_KEY_FILE" /run/redis/tls/server.key
+    cp "$REDIS_TLS_CA_FILE" /run/redis/tls/ca.crt
+    chmod 0600 /run/redis/tls/server.key
+    if [ "$(id -u)" = 0 ]; then
+        chown -R redis:redis /run/redis/tls
+    fi
+    cat >> "$conf" <<CONF
+tls-port $REDIS_TLS_PORT
+tls-cert-file /run/redis/tls/server.crt
+tls-key-file /run/redis/tls/server.key
+tls-ca-cert-file /run/redis/tls/ca.crt
+tls-auth-clients no
+CONF
+fi
 
 if [ "$(id -u)" = 0 ]; then
     chown redis:redis /data /run/redis "$conf"

@@ -33,6 +33,7 @@ from renderfarm.errors import (
 from renderfarm.jobs import JobManager
 from renderfarm.keys import Outcome, image_name
 from renderfarm.settings import WorkerAccess
+from renderfarm.tls import ca_context
 
 log = logging.getLogger("renderfarm.worker.farm_link")
 # An upload or report that meets a network blip or a 503 is tried again this many times, waiting RETRY_WAIT
@@ -43,11 +44,12 @@ TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
 @functools.cache
-def tls_context() -> ssl.SSLContext:
-    """One TLS context per process, made once: each work horse makes an HTTP client of its own, and loading the CA
-    bundle for every job's client would cost it several milliseconds. The worker's main process makes it before it
-    forks any horse (its own ApiLink), so the horses inherit it made."""
-    return httpx.create_ssl_context()
+def tls_context(ca: str | None = None) -> ssl.SSLContext:
+    """One TLS context per process (and CA), made once: each work horse makes an HTTP client of its own, and loading
+    the CA bundle for every job's client would cost it several milliseconds. The worker's main process makes it before
+    it forks any horse (its own ApiLink), so the horses inherit it made. `ca`: the worker file's CA (an exposed
+    stack), trusted alone (renderfarm.tls); None: the default bundle."""
+    return ca_context(ca) if ca is not None else httpx.create_ssl_context()
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class ApiLink:
             headers={"Authorization": f"Bearer {access.token}"},
             timeout=TIMEOUT,
             transport=transport,
-            verify=tls_context(),
+            verify=tls_context(access.ca),
         )
 
     def check(self) -> str:
