@@ -303,6 +303,44 @@ def workers(c: Context, replicas: str | None = None, queues: str = "pq,sq", dry_
 
 @task(
     help={
+        "preemptible": "render workers serving pq, on nodes labelled renderdev.preemptible=true (default 0)",
+        "standard": "render workers serving sq, on the other nodes (default 0)",
+        "config": "the worker file to run them with (default: credential `swarm`, made as invoke worker-config does)",
+        "init_swarm": "on a single-node host whose engine is in no swarm: docker swarm init first",
+        "remove": "remove the stack (its workers drain), its registry volume here and its secrets",
+        "dry_run": BLENDER_HELP["dry_run"],
+    }
+)
+@edge
+def deploy(
+    c: Context,
+    preemptible: str | None = None,
+    standard: str | None = None,
+    config: str | None = None,
+    init_swarm: bool = False,
+    remove: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Render workers on a Docker swarm: the stack <project>-swarm (docker stack deploy, compose/swarm.yaml)."""
+    from pathlib import Path
+
+    from provisioner.swarm import deploy as run_deploy
+
+    run_deploy(
+        _client(),
+        _settings(),
+        _console(),
+        preemptible=preemptible,
+        standard=standard,
+        config=Path(config) if config else None,
+        init_swarm=init_swarm,
+        remove=remove,
+        dry_run=dry_run,
+    )
+
+
+@task(
+    help={
         "user": "the user's email (created if new, with an API token printed once and saved in the state folder)",
         "amount": "credits to add, a positive whole number (default 100; none with only --rotate-token)",
         "database_url": "another database than the stack's (refused unless every address is local, or --force)",

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     # An IPv4 address of this host the stack is also reached on, with TLS only (provisioner/exposure.py); "none"
     # withdraws it. Unset: as remembered in <state>/<project>/expose.json.
     expose: str | None = None
+    registry_port: int = Field(5000, ge=1, le=65535, description="port of a swarm deploy's image registry")
 
     # images
     base_image: str = "renderdev/base:bookworm"

@@ -1,4 +1,5 @@
-"""The project's images: a Debian base image, then redis, db, api and worker built on it from compose/<name>/.
+"""The project's images: a Debian base image, then redis, db, api, worker and registry built on it from
+compose/<name>/.
 
 The base is pulled (`debian:bookworm-slim`) where a registry answers, and otherwise bootstrapped
 from Debian's mirror with debootstrap and imported, so this works air-gapped and in CI.
@@ -12,6 +13,9 @@ context, so that it installs the api's wheelhouse. Its Blender is the version th
 Dockerfile's `ARG BLENDER_VERSION`): from the Debian package blender_versions.yaml pins for that version, else from
 the release archive it names, fetched and sha256-verified on the host and staged into the build context
 (provisioner/worker_blender.py). The archive's sha256 is a build arg, and so part of the context hash.
+
+The registry image (Debian's `docker-registry` package) is the one a swarm deploy runs to serve the worker image to
+its nodes (`invoke deploy`, provisioner/swarm.py).
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ if TYPE_CHECKING:
 
 HASH_LABEL = "org.renderdev.context-hash"
 SHA256_LABEL = "org.renderdev.blender-sha256"  # the worker's release archive, on its Dockerfile's first stage
-BUILT = ("redis", "db", "api", "worker")  # built in this order, each FROM the base image
+BUILT = ("redis", "db", "api", "worker", "registry")  # built in this order, each FROM the base image
 # What the stack runs: `invoke setup` and the test kit build these. The worker image (Blender inside, about 1.3 GB
-# and 4-5 minutes cold) only when asked: `invoke images` (all of BUILT) or `invoke workers`.
+# and 4-5 minutes cold) only when asked: `invoke images` (all of BUILT), `invoke workers` or `invoke deploy`; the
+# registry image (a swarm's, about 20 s) by `invoke images` or `invoke deploy`.
 STACK_IMAGES = SERVICES
 WHEELHOUSE_IMAGES = ("api", "worker")  # images that install the api's wheelhouse (compose/api/wheels/)
 IMAGE_DISTRO = "debian-12"  # the base image's distro, as blender_versions.yaml's apt pins name it

@@ -15,6 +15,7 @@ from provisioner.errors import RenderdevError
 from provisioner.plan import Check
 
 if TYPE_CHECKING:
+    from provisioner.swarm import SwarmRow
     from provisioner.workers import WorkerRow
 
 
@@ -39,10 +40,10 @@ def collect_checks(settings: Settings, console: Console) -> list[Check]:
 
     version = client.version().get("Version", "?")
     checks.append(Check("docker engine", True, f"engine {version}"))
-    # The worker image is checked once built (`invoke workers` or `invoke images` made it): a stack without
-    # container workers does not need it.
-    worker = ("worker",) if find_image(client, settings.image("worker")) is not None else ()
-    for step in plan_images(client, settings, console, only=STACK_IMAGES + worker):
+    # The worker and registry images are checked once built (`invoke workers`, `invoke deploy` or `invoke images` made
+    # them): a stack without container or swarm workers does not need them.
+    extra = tuple(name for name in ("worker", "registry") if find_image(client, settings.image(name)) is not None)
+    for step in plan_images(client, settings, console, only=STACK_IMAGES + extra):
         checks.append(Check(step.title, not step.needed, step.detail or step.state.value, "invoke images"))
     checks += check_secrets(settings)
     for group in (check_services, check_exposure, check_guard, check_blender):
@@ -60,24 +61,30 @@ class Workers:
 
     rows: list[WorkerRow]
     note: str | None = None  # e.g. "not listed: the stack's Redis does not answer"
+    swarm: list[SwarmRow] | None = None  # the services of the project's swarm stack (invoke deploy), when deployed
 
 
 def collect_workers(settings: Settings) -> Workers:
     """Every render worker of the stack (provisioner.workers.list_workers); a note instead when Redis cannot be
-    asked (the checks above then say why)."""
+    asked (the checks above then say why). With them, the project's swarm stack when it is deployed."""
     from provisioner.dockerapi import docker_client
+    from provisioner.swarm import swarm_rows
     from provisioner.workers import list_workers
 
-    if not settings.secrets_file.exists():
-        return Workers([], "not listed: the stack has no secrets yet (invoke services)")
     try:
         client = docker_client()
     except RenderdevError:
         client = None
     try:
-        return Workers(list_workers(client, settings))
+        swarm = swarm_rows(client, settings) if client is not None else None
+    except Exception:  # noqa: BLE001 - status reports, it never fails on an engine that does not answer
+        swarm = None
+    try:
+        if not settings.secrets_file.exists():
+            return Workers([], "not listed: the stack has no secrets yet (invoke services)", swarm)
+        return Workers(list_workers(client, settings), swarm=swarm)
     except Exception as exc:  # noqa: BLE001 - status reports, it never fails on a stack that is down
-        return Workers([], f"not listed: the stack's Redis does not answer ({type(exc).__name__})")
+        return Workers([], f"not listed: the stack's Redis does not answer ({type(exc).__name__})", swarm)
     finally:
         if client is not None:
             client.close()
@@ -104,6 +111,8 @@ def show_status(
             found["workers"] = [w.as_dict() for w in workers.rows]
             if workers.note:
                 found["workers_note"] = workers.note
+            if workers.swarm is not None:
+                found["swarm"] = [asdict(row) for row in workers.swarm]
         sys.stdout.write(json.dumps(found, indent=2) + "\n")
         return ok
     table = Table(show_header=True, header_style="bold")
@@ -123,7 +132,13 @@ def show_status(
 
 
 def show_workers(workers: Workers, console: Console) -> None:
-    """One line per render worker: name, where it runs, queues, state, its job, the age of its last heartbeat."""
+    """One line per render worker: name, where it runs, queues, state, its job, the age of its last heartbeat; then
+    the swarm stack's services, when deployed."""
+    if workers.swarm is not None:
+        console.print(f"Swarm workers: {len(workers.swarm)} service(s) (invoke deploy)")
+        for row in workers.swarm:
+            line = f"  {row.service}  {row.running}/{row.desired} running  {row.image}"
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     if workers.note:
         console.print(f"Render workers: {workers.note}", highlight=False)
         return
