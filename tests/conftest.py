@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
     from provisioner.config import Settings
 
+# xdist_group("heavy"): the modules that load this 2-core machine most (a swarm and its 1.3 GB push, three worker
+# hosts rendering at once, an image build, an exposed stack) run one after another on one xdist worker (pytest runs
+# with --dist loadgroup); run side by side, they starved the browser tests and the API's database connections.
 # testcontainers' reaper image cannot be pulled here: we clean up our own containers by label.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 

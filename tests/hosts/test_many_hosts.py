@@ -48,7 +48,7 @@ from tests.stackutil import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("many-hosts")]
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]  # one at a time: tests/conftest.py
 
 HOSTS = 3
 SKEWED = 2  # the host whose clock is 2 minutes behind
@@ -224,7 +224,8 @@ def test_sigkill_of_a_whole_host_mid_render_and_another_host_finishes_the_job(fa
     assert farm.manager.hget(mq_key(mjid), "state") == b"started", "the HD render ended before the kill"
     killed = farm.net.hosts[victim].kill_all()
     assert killed, "the host had processes to kill"
-    assert not farm.net.hosts[victim].pids()
+    # A killed process may linger a moment as a zombie until it is reaped (its parent died with it): none is left soon.
+    wait_for(lambda: not farm.net.hosts[victim].pids(), 10, "no process left in the killed host")
 
     wait_for(lambda: farm.manager.hget(mq_key(mjid), "state") == b"finished", 300, "another host finished the job")
     tries = attempts(farm.manager, mjid)

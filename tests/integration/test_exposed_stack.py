@@ -35,7 +35,7 @@ from renderfarm.tls import ca_context
 from tests.netif import Veth, veth_address
 from tests.stackutil import invoke, new_user, require_blender, small_scene
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]  # one at a time: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

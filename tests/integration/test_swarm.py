@@ -35,7 +35,7 @@ from provisioner.swarm import (
 )
 from tests.stackutil import attempts, invoke, isolated_stack, new_user, small_scene, wait_for
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]  # one at a time: tests/conftest.py
 PRICE = 10
 # Previews quick; HD long enough (~15 s here) that a scale-down usually finds it in hand (either way it must not be
 # lost).

@@ -7,6 +7,7 @@ printing 'Blender 9.9.9'. The images get a tag of this test's own (never the dev
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from docker import DockerClient
+from docker.errors import APIError, NotFound
 from rich.console import Console
 
 from provisioner import wheelhouse
@@ -41,7 +43,7 @@ from provisioner.ports import free_port
 from provisioner.worker_blender import staging_dir
 from tests.unit.test_blender_sources import TOP, URL, VERSION, make_release, sha256_of
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("heavy")]  # one at a time: tests/conftest.py
 
 RELEASE = f"release/Blender9.9/{TOP}.tar.xz"
 
@@ -119,9 +121,28 @@ def tags(docker_client: DockerClient) -> Iterator[list[str]]:
     yield made
     for tag in made:
         if find_image(docker_client, tag) is not None:
-            docker_client.images.remove(tag, force=True)
+            remove_image(docker_client, tag)
     for image in docker_client.images.list(filters={"dangling": True, "label": f"org.blender.version={VERSION}"}):
-        docker_client.images.remove(image.id, force=True)
+        remove_image(docker_client, image.id)
+
+
+def remove_image(client: DockerClient, ref: str) -> None:
+    """Remove the image and the containers made from it: a `docker run --rm` or a failed build's step container
+    may still be on its way out when the module ends (under load, the engine removes it a moment later)."""
+    deadline = time.monotonic() + 60
+    while True:
+        for container in client.containers.list(all=True, filters={"ancestor": ref}):
+            with contextlib.suppress(NotFound, APIError):
+                container.remove(force=True)
+        try:
+            client.images.remove(ref, force=True)
+            return
+        except NotFound:
+            return
+        except APIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def settings_with(tmp_path: Path, compose: Path, mirror: Mirror, sha: str, tag: str, state: str) -> Settings:
