@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -308,7 +308,7 @@ def build_image(client: docker.DockerClient, settings: Settings, console: Consol
     blender = worker_blender(settings) if name == "worker" else None
     # next, the worker's release archive (for Blender without a Debian package): fetched and verified, then staged in
     # the build context for this build only. A download that fails or does not match fails here, before any build.
-    with _blender_staged(settings, blender, console):
+    with staged(settings, blender, console) if blender is not None else contextlib.nullcontext():
         if name in WHEELHOUSE_IMAGES and wheelhouse.stale_parts(settings):
             wheelhouse.build_wheelhouse(settings, console)
         previous = find_image(client, settings.image(name))
@@ -329,15 +329,6 @@ def build_image(client: docker.DockerClient, settings: Settings, console: Consol
     if blender is not None and (pruned := _prune_unpacked(client, blender)):
         done += f", removed {pruned} superseded unpacked archive(s)"
     return done
-
-
-@contextlib.contextmanager
-def _blender_staged(settings: Settings, blender: WorkerBlender | None, console: Console) -> Iterator[None]:
-    if blender is None:  # not the worker image
-        yield
-        return
-    with staged(settings, blender, console):
-        yield
 
 
 UNPACKED_STAGE = "org.renderdev.stage=worker-unpacked"  # the label of the worker Dockerfile's first stage

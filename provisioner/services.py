@@ -150,7 +150,9 @@ def stack_services(settings: Settings) -> tuple[str, ...]:
 
 def _image_of(service: str) -> str:
     """The image a service runs (api-tls is the api image)."""
-    return "api" if service == "api-tls" else service
+    from provisioner.exposure import TLS_SERVICE
+
+    return "api" if service == TLS_SERVICE else service
 
 
 def service_state(client: docker.DockerClient, settings: Settings, service: str) -> ServiceState:

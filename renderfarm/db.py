@@ -18,6 +18,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+# A connection's execution options for one statement outside a transaction: no BEGIN and no ROLLBACK round trips.
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -25,7 +25,7 @@ from rq import Queue
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from renderfarm.db import CreditEntry, Render, User, balance, find_user, utcnow
+from renderfarm.db import AUTOCOMMIT, CreditEntry, Render, User, balance, find_user, utcnow
 from renderfarm.errors import (
     InsufficientCredits,
     InvalidTransition,
@@ -88,7 +88,6 @@ END_RENDER = text(
     " SELECT user_id, price, :refund_reason, :mjid, :finished_at FROM ended WHERE :refund AND price > 0"
     " ON CONFLICT ON CONSTRAINT uq_credit_entries_mjid_reason DO NOTHING"
 )
-AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
 
 def ledger_time() -> str:

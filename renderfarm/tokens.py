@@ -19,7 +19,7 @@ import sqlalchemy.exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from renderfarm.db import User, WorkerCredential
+from renderfarm.db import AUTOCOMMIT, User, WorkerCredential
 from renderfarm.errors import RenderfarmError
 
 TOKEN_BYTES = 32
@@ -68,9 +68,8 @@ def issue_token(user: User, *, rotate: bool = False) -> str | None:
 
 
 def find_token_user(session: Session, token: str) -> TokenUser | None:
-    # One read, outside a transaction: no BEGIN and no ROLLBACK round trips around it on every request.
-    autocommit = session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    row = autocommit.execute(select(User.id, User.email).where(User.token_hash == token_hash(token))).first()
+    query = select(User.id, User.email).where(User.token_hash == token_hash(token))
+    row = session.connection(execution_options=AUTOCOMMIT).execute(query).first()  # one read: no transaction
     return None if row is None else TokenUser(user_id=row.id, email=row.email)
 
 

@@ -1,5 +1,5 @@
 """Worker "hosts" on this one machine (issue 11): each a network namespace of the test's own, joined to the host by
-a veth pair whose host end sits on a bridge of the test's own, in a private /24 the test chooses (10.213.N.0/24).
+a veth pair whose host end sits on a bridge of the test's own, in a free private /24 (10.213.N.0/24, tests/netif.py).
 The bridge's address (10.213.N.1) is an address of this host, on which the stack is exposed (`--expose`); each
 namespace has its own address (10.213.N.11, .12, ...) and no route anywhere else, so a worker in it reaches the
 stack only through the exposed TLS ports, as a worker on another machine does.
@@ -21,12 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(list(args), capture_output=True, text=True, timeout=60)
-    if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
-    return done
+from tests.netif import free_subnet, sh
 
 
 @dataclass
@@ -109,13 +104,13 @@ class HostNetwork:
 
 
 @contextmanager
-def host_network(count: int, *, subnet: int = 213) -> Iterator[HostNetwork]:
-    """`count` hosts in network namespaces on a bridge of their own, in 10.<subnet>.<N>.0/24 (N chosen per run so two
-    runs side by side do not collide); removed afterwards whatever happened."""
+def host_network(count: int) -> Iterator[HostNetwork]:
+    """`count` hosts in network namespaces on a bridge of their own, in a 10.213.X.0/24 no interface or route of this
+    host uses (tests/netif.py); removed afterwards whatever happened."""
     tag = uuid.uuid4().hex[:6]
-    third = int(tag[:2], 16) % 250 + 2
+    subnet = free_subnet()
     bridge = f"rdb{tag}"
-    net = HostNetwork(bridge=bridge, address=f"10.{subnet}.{third}.1", hosts=[])
+    net = HostNetwork(bridge=bridge, address=str(subnet[1]), hosts=[])
     made_links: list[str] = []
     try:
         sh("ip", "link", "add", bridge, "type", "bridge")
@@ -126,7 +121,7 @@ def host_network(count: int, *, subnet: int = 213) -> Iterator[HostNetwork]:
             ns = f"rdh{tag}{i}"
             outer = f"rdv{tag}{i}"
             sh("ip", "netns", "add", ns)
-            net.hosts.append(Host(name=ns, address=f"10.{subnet}.{third}.{11 + i}"))
+            net.hosts.append(Host(name=ns, address=str(subnet[11 + i])))
             sh("ip", "link", "add", outer, "type", "veth", "peer", "name", "eth0", "netns", ns)
             made_links.append(outer)
             sh("ip", "link", "set", outer, "master", bridge)

@@ -11,7 +11,6 @@ import contextlib
 import http.server
 import io
 import shutil
-import tarfile
 import threading
 import time
 import uuid
@@ -75,22 +74,6 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def release_saying(path: Path, first_line: str) -> Path:
-    """Blender 9.9.9's release-shaped archive whose `blender` prints `first_line`."""
-    script = f"#!/bin/sh\necho '{first_line}'\n".encode()
-    with tarfile.open(path, "w:xz", preset=0) as tar:
-        for name, data in [(TOP, None), (f"{TOP}/blender", script), (f"{TOP}/9.9", None)]:
-            info = tarfile.TarInfo(name)
-            info.mode = 0o755
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def write_versions(path: Path, sha: str) -> Path:
@@ -203,7 +186,7 @@ def test_worker_image_with_blender_from_a_verified_release_archive(
     assert [i.labels[SHA256_LABEL] for i in unpacked_stages(docker_client, VERSION)] == [sha]
 
     # another archive (its sha256 in the versions file): a rebuild, and the old archive's first stage goes
-    release_saying(mirror.archive, f"Blender {VERSION} (another build)")
+    make_release(mirror.archive, VERSION, says=f"Blender {VERSION} (another build)")
     other = sha256_of(mirror.archive)
     write_versions(tmp_path / "versions.yaml", other)
     assert worker_step(docker_client, settings).detail.startswith("rebuild: ")
@@ -217,7 +200,7 @@ def test_worker_image_with_blender_from_a_verified_release_archive(
 def test_an_archive_whose_blender_names_another_version_fails_the_build(
     docker_client: DockerClient, tmp_path: Path, compose_9: Path, mirror: Mirror, tags: list[str]
 ) -> None:
-    release_saying(mirror.archive, "Blender 9.9.8")
+    make_release(mirror.archive, VERSION, says="Blender 9.9.8")
     tag = f"rdtest-{uuid.uuid4().hex[:8]}"
     settings = settings_with(tmp_path, compose_9, mirror, sha256_of(mirror.archive), tag, "state")
     tags.append(settings.image("worker"))

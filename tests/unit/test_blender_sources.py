@@ -35,11 +35,11 @@ TOP = f"blender-{VERSION}-linux-x64"
 URL = f"https://download.blender.org/release/Blender9.9/{TOP}.tar.xz"
 
 
-def make_release(path: Path, version: str = VERSION) -> Path:
-    """A release-shaped archive whose `blender` is a script printing 'Blender <version>'."""
+def make_release(path: Path, version: str = VERSION, *, says: str | None = None) -> Path:
+    """A release-shaped archive whose `blender` is a script printing 'Blender <version>' (or `says`) first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     top = f"blender-{version}-linux-x64"
-    script = f"#!/bin/sh\necho 'Blender {version}'\necho 'build hash: test'\n".encode()
+    script = f"#!/bin/sh\necho '{says or f'Blender {version}'}'\necho 'build hash: test'\n".encode()
     with tarfile.open(path, "w:xz", preset=0) as tar:
         for name, data, mode in [(top, None, 0o755), (f"{top}/blender", script, 0o755), (f"{top}/9.9", None, 0o755)]:
             info = tarfile.TarInfo(name)
