@@ -1,10 +1,14 @@
 """Load: 200 concurrent POST /renders -> 200 distinct mjids, all finished by two workers, none lost or
-done twice. Bounded in time: every wait has a deadline, and the renders are tiny previews."""
+done twice. Bounded in time: every wait has a deadline, and the renders are tiny previews. And a client's idle
+keep-alive connection outlives the client's own idle timeout (httpx's 5 s)."""
 
 from __future__ import annotations
 
+import http.client
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -90,3 +94,26 @@ def test_200_concurrent_posts_all_finished_by_two_workers_none_lost_or_twice(sta
         r.close()
     images = {p.name for p in stack.renders_dir.glob("*.png")}
     assert {f"{m}-1.png" for m in mjids} <= images
+
+
+def test_an_idle_keep_alive_connection_outlasts_the_clients_idle_timeout(stack: Settings) -> None:
+    """httpx keeps an idle connection 5 s; uvicorn's default keeps it 5 s too, and a request sent as the server
+    closes it dies with "Server disconnected without sending a response" (it did in a bench run). The API keeps
+    idle connections 75 s (UVICORN_TIMEOUT_KEEP_ALIVE in compose/api/Dockerfile): 7 s idle, same socket, answered."""
+    conn = http.client.HTTPConnection(stack.bind_host, stack.api_port, timeout=30)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200 and not first.will_close
+        sock = conn.sock
+        assert sock is not None
+        time.sleep(7.0)
+        readable, _, _ = select.select([sock], [], [], 0)
+        assert not readable, "the API closed an idle keep-alive connection within 7 s"
+        conn.request("GET", "/healthz")
+        again = conn.getresponse()
+        again.read()
+        assert again.status == 200 and conn.sock is sock
+    finally:
+        conn.close()
