@@ -43,6 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--height", required=True, type=int)
     p.add_argument("--samples", required=True, type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=int, nargs=2, metavar=("FIRST", "END"), help="render only rows [FIRST, END)")
     return p.parse_args(args)
 
 
@@ -199,7 +200,11 @@ def build_world(scene: bpy.types.Scene, spec: dict) -> None:
     scene.world = world
 
 
-def configure_render(scene: bpy.types.Scene, out: Path, width: int, height: int, samples: int, seed: int) -> None:
+def configure_render(
+    scene: bpy.types.Scene, out: Path, width: int, height: int, samples: int, seed: int, rows=None
+) -> None:
+    """Cycles on the CPU at this size, samples and seed, writing `out`. `rows` (first, end), counted from the top:
+    only that band is rendered (border render) and the image is cropped to it: width x (end - first) pixels."""
     scene.render.engine = "CYCLES"
     cycles = scene.cycles
     cycles.device = "CPU"
@@ -217,8 +222,18 @@ def configure_render(scene: bpy.types.Scene, out: Path, width: int, height: int,
     render.resolution_percentage = 100
     render.pixel_aspect_x = render.pixel_aspect_y = 1.0
     render.film_transparent = False
-    render.use_border = False
+    render.use_border = rows is not None
+    render.use_crop_to_border = rows is not None
+    if rows is not None:
+        # Blender's border is in fractions of the image, y from the bottom; whole rows divided by the height give
+        # back exactly those rows (Blender rounds fraction * height to the nearest pixel).
+        render.border_min_x, render.border_max_x = 0.0, 1.0
+        render.border_min_y = (height - rows[1]) / height
+        render.border_max_y = (height - rows[0]) / height
     render.threads_mode = "AUTO"
+    # No dither on the way to 8 bits: Blender's dither noise depends on where a pixel lies in the buffer rendered,
+    # so a tile would differ from the same rows of the full image by a level or two in a third of its bytes.
+    render.dither_intensity = 0.0
     # Nothing time- or host-dependent in the file: the same scene and seed give the same bytes.
     render.use_stamp = False
     for attr in dir(render):
@@ -243,7 +258,9 @@ def configure_render(scene: bpy.types.Scene, out: Path, width: int, height: int,
 _kept: dict | None = None
 
 
-def render_spec(spec: dict, out: Path, width: int, height: int, samples: int, seed: int, *, keep: bool = False) -> bool:
+def render_spec(
+    spec: dict, out: Path, width: int, height: int, samples: int, seed: int, *, keep: bool = False, rows=None
+) -> bool:
     """Build the scene from its JSON (already validated on the host) and render it to `out`; True when the built
     scene was kept from the last render (only the camera moved).
 
@@ -267,7 +284,9 @@ def render_spec(spec: dict, out: Path, width: int, height: int, samples: int, se
         build_camera(scene, spec["camera"])
         build_lights(scene, spec["lights"])
         build_world(scene, spec["world"])
-    configure_render(scene, out.resolve(), width, height, samples, seed)
+    if rows is not None and not 0 <= rows[0] < rows[1] <= height:
+        raise SceneError(f"rows {rows} are not a band of an image {height} rows high")
+    configure_render(scene, out.resolve(), width, height, samples, seed, rows)
     scene.render.use_persistent_data = keep
     bpy.ops.render.render(write_still=True)
     if not out.is_file():
@@ -280,7 +299,7 @@ def render_spec(spec: dict, out: Path, width: int, height: int, samples: int, se
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     spec = json.loads(args.scene.read_text(encoding="utf-8"))
-    render_spec(spec, args.out, args.width, args.height, args.samples, args.seed)
+    render_spec(spec, args.out, args.width, args.height, args.samples, args.seed, rows=args.rows)
     print(f"renderfarm-scene: wrote {args.out} ({args.width}x{args.height}, {args.samples} samples, seed {args.seed})")
 
 

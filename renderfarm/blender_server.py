@@ -48,6 +48,7 @@ def serve(requests_fd, responses_fd):
                     int(req["samples"]),
                     int(req["seed"]),
                     keep=True,
+                    rows=req.get("rows"),
                 )
                 reply = {"ok": True, "kept": kept}
             except Exception as exc:

@@ -30,7 +30,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from starlette.datastructures import Headers
@@ -66,6 +66,7 @@ from renderfarm.tokens import Authenticator, Forbidden, TokenUser, Unauthenticat
 from renderfarm.worker_api import router as worker_router
 
 log = logging.getLogger("renderfarm.api")
+MAX_TILES = 16  # an HD image (1080 rows) in bands of 67 rows at the thinnest
 MAX_FIELD_ERRORS = 20  # a 422 names at most this many fields (then says how many more there were)
 
 
@@ -113,6 +114,19 @@ class RenderRequest(BaseModel):
     )
     quality: Quality
     scene: Scene
+    tiles: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_TILES,
+        description="HD only: split the render into this many horizontal tiles, each a job any worker takes; the"
+        " last to finish stitches the image (charged once, refunded once if a tile fails for good)",
+    )
+
+    @model_validator(mode="after")
+    def _tiles_are_hd(self) -> RenderRequest:
+        if self.tiles > 1 and self.quality is not Quality.HD:
+            raise ValueError(f"tiles apply to hd renders; a {self.quality.value} render is one tile")
+        return self
 
 
 class Accepted(BaseModel):
@@ -134,6 +148,7 @@ class JobOut(BaseModel):
     finished_at: str | None
     error: str | None
     image_url: str | None
+    tiles: int = Field(default=1, description="how many tiles the render was split into (1: one job)")
 
     @classmethod
     def of(cls, v: JobView) -> JobOut:
@@ -150,6 +165,7 @@ class JobOut(BaseModel):
             finished_at=v.finished_at,
             error=v.error,
             image_url=f"/renders/{v.mjid}/image" if v.state is JobState.FINISHED else None,
+            tiles=v.tiles,
         )
 
 
@@ -200,6 +216,7 @@ def create_app(
         prices={"preview": 0, "hd": farm.hd_price},
         heartbeat_ttl=reliability.heartbeat_ttl,
         max_lost=reliability.max_lost,
+        images_dir=farm.renders_dir,
     )
     images = farm.renders_dir
     authenticator = Authenticator(make_sessionmaker(eng))
@@ -248,7 +265,7 @@ def create_app(
         nothing charged). `user`, if given, must be the token's user (403 otherwise)."""
         if body.user is not None and body.user != me.email:
             raise Forbidden(f"this token is {me.email}'s: it cannot post renders for {clip(body.user)}")
-        v = jm.post(me.email, body.quality.value, body.scene.model_dump(mode="json"))
+        v = jm.post(me.email, body.quality.value, body.scene.model_dump(mode="json"), tiles=body.tiles)
         return Accepted(mjid=v.mjid, queue=v.queue.value, status=v.state)
 
     def own_job(jm: JobManager, mjid: str, me: TokenUser) -> JobView:

@@ -6,17 +6,24 @@ render, exactly once (a unique key on (mjid, reason)), and refunded once when th
 Each transition of a job (started, heartbeat, finished, failed, retried on sq) is one Redis Lua script
 (renderfarm.ledger_scripts): its checks and all its writes in one atomic server-side step.
 Jobs whose worker is gone are moved on by renderfarm.reaper, through the transitions defined here.
+
+An HD job may be posted in tiles (renderfarm.tiles): the job the user sees is then a parent that is never on a queue,
+and each tile a job of its own with the parent's mjid in its hash, queued, started, retried and failed like any job.
+The parent is started by its first tile, finished by its last (which stitches the image) and failed, and refunded
+once, by the first tile that fails for good.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -35,6 +42,7 @@ from renderfarm.errors import (
     StaleRqJob,
     UnknownUser,
 )
+from renderfarm.images import stitch
 from renderfarm.keys import (
     CreditReason,
     JobState,
@@ -43,6 +51,7 @@ from renderfarm.keys import (
     attempts_key,
     claim_key,
     heartbeat_key,
+    image_name,
     is_mjid,
     limbo_key,
     mq_index_key,
@@ -50,10 +59,13 @@ from renderfarm.keys import (
     queued_key,
     scene_key,
     started_key,
+    tiles_done_key,
 )
 from renderfarm.ledger_scripts import LedgerScripts, Refusal
+from renderfarm.quality import profile_for
 from renderfarm.settings import FarmSettings, Reliability
 
+log = logging.getLogger("renderfarm.jobs")
 RENDER_FUNC = "renderfarm.worker.job.render_job"  # imported by the worker only: the API never loads Blender code
 JOB_TIMEOUT = 3600
 # The Postgres side as plain SQL on db's tables, each step one statement run on its own (autocommit: no BEGIN or
@@ -109,6 +121,14 @@ class JobView:
     image: str | None
     price: int
     credential: str | None = None  # the worker credential that started the current attempt through the API
+    tiles: int = 1  # a parent: how many tiles it was split into; a tile: how many its parent has
+    parent: str | None = None  # a tile: the job it is a tile of
+    tile: int | None = None  # a tile: its index, 0 at the top
+
+    @property
+    def tile_of(self) -> tuple[int, int] | None:
+        """(index, count) for a tile, None for any other job."""
+        return None if self.tile is None else (self.tile, self.tiles)
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> JobView:
@@ -126,6 +146,9 @@ class JobView:
             image=h.get("image") or None,
             price=int(h.get("price", 0)),
             credential=h.get("credential") or None,
+            tiles=int(h.get("tiles", 1)),
+            parent=h.get("parent") or None,
+            tile=int(h["tile"]) if "tile" in h else None,
         )
 
 
@@ -140,9 +163,12 @@ class JobManager:
         heartbeat_ttl: float = Reliability.heartbeat_ttl,
         max_lost: int = Reliability.max_lost,
         job_func: str = RENDER_FUNC,
+        images_dir: Path | None = None,
     ) -> None:
         """job_func: the dotted path of the function rq runs for a job (given the mjid); the render job
-        unless a caller (the benchmark's queue pair) wants the JobManager side with another renderer."""
+        unless a caller (the benchmark's queue pair) wants the JobManager side with another renderer.
+        images_dir: the renders folder, where the last tile of a tiled job stitches the job's image (None: this
+        manager finishes no tile)."""
         self.redis = redis
         self.sessions = sessions
         self.prices = prices if prices is not None else {"preview": 0, "hd": FarmSettings.hd_price}
@@ -150,6 +176,7 @@ class JobManager:
         self.heartbeat_ttl = heartbeat_ttl
         self.max_lost = max_lost
         self.job_func = job_func
+        self.images_dir = images_dir
         # (mjid, scene JSON) as the last mark_started read it, in the same step: what its caller asks for next
         self._started_scene: tuple[str, str] | None = None
 
@@ -181,12 +208,15 @@ class JobManager:
             return balance(s, user.id)
 
     # -- posting -------------------------------------------------------------------------------------------
-    def post(self, email: str, quality: str, scene: dict[str, Any]) -> JobView:
-        """Check user and credits, record and charge in Postgres, then put the job in mq and on pq."""
+    def post(self, email: str, quality: str, scene: dict[str, Any], *, tiles: int = 1) -> JobView:
+        """Check user and credits, record and charge in Postgres, then put the job in mq and on pq; with `tiles` > 1,
+        the job in mq and each of its tiles, a job of its own, in mq and on pq (the job is charged, the tiles not)."""
         price = self.prices[quality]
         mjid = self.new_id()
-        if not is_mjid(mjid):  # a caller's new_id must make ids the reads accept
-            raise RenderfarmError(f"new_id made {mjid!r}, which is not an mjid (32 lowercase hex digits)")
+        children = [self.new_id() for _ in range(tiles)] if tiles > 1 else []
+        for made in (mjid, *children):
+            if not is_mjid(made):  # a caller's new_id must make ids the reads accept
+                raise RenderfarmError(f"new_id made {made!r}, which is not an mjid (32 lowercase hex digits)")
         now = ledger_time()
         row = {"mjid": mjid, "email": email, "quality": quality, "status": JobState.QUEUED.value, "now": utcnow()}
         if not price:
@@ -212,13 +242,24 @@ class JobManager:
             "price": str(price),
             "created_at": now,
         }
+        if children:
+            fields["tiles"] = str(tiles)
+            fields["children"] = ",".join(children)
+        scene_json = json.dumps(scene, separators=(",", ":"))
         try:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.multi()  # explicit MULTI first: rq's enqueue joins the transaction we opened
                 pipe.hset(mq_key(mjid), mapping=fields)
-                pipe.set(scene_key(mjid), json.dumps(scene, separators=(",", ":")))
+                pipe.set(scene_key(mjid), scene_json)
                 pipe.zadd(mq_index_key(), {mjid: datetime.now(UTC).timestamp()})
-                self.enqueue(QueueName.PREEMPTIBLE, mjid, job_id=mjid, pipe=pipe)
+                for index, child in enumerate(children):
+                    tile = {**fields, "mjid": child, "price": "0", "parent": mjid, "tile": str(index)}
+                    tile.pop("children", None)
+                    pipe.hset(mq_key(child), mapping=tile)
+                    pipe.set(scene_key(child), scene_json)
+                    self.enqueue(QueueName.PREEMPTIBLE, child, job_id=child, pipe=pipe)
+                if not children:
+                    self.enqueue(QueueName.PREEMPTIBLE, mjid, job_id=mjid, pipe=pipe)
                 pipe.execute()
         except Exception:
             # Postgres has the render and the charge but Redis does not: undo the charge, keep the record.
@@ -277,7 +318,10 @@ class JobManager:
         args: list[str | int] = [mjid, rq_job, worker, credential or "", ledger_time(), int(ttl * 1000)]
         scene, *job = self._answer(mjid, JobState.STARTED, self._scripts.start(keys, args), rq_job=rq_job)
         self._started_scene = (mjid, scene) if scene else None
-        return JobView.from_hash(pairs(job))
+        view = JobView.from_hash(pairs(job))
+        if view.parent is not None:
+            self._scripts.tile_started([mq_key(view.parent)], [ledger_time()])
+        return view
 
     def claim(self, mjid: str, rq_job: str, *, ttl: float | None = None) -> None:
         """A worker has taken `rq_job` (which carries mjid) off its queue and is getting ready to start it (its
@@ -296,7 +340,10 @@ class JobManager:
         keys = [mq_key(mjid), attempts_key(mjid), heartbeat_key(mjid), started_key()]
         reply = self._scripts.finish(keys, [mjid, attempt, ledger_time(), image, Outcome.FINISHED.value])
         view = JobView.from_hash(pairs(self._answer(mjid, JobState.FINISHED, reply, attempt=attempt)))
-        self.record_end(mjid, JobState.FINISHED, None)
+        if view.parent is not None:
+            self._tile_finished(view)
+        else:
+            self.record_end(mjid, JobState.FINISHED, None)
         return view
 
     def mark_failed(
@@ -308,7 +355,7 @@ class JobManager:
         fence = "" if attempt is None else attempt
         reply = self._scripts.fail(keys, [mjid, fence, ledger_time(), error, ended.value])
         view = JobView.from_hash(pairs(self._answer(mjid, JobState.FAILED, reply, attempt=attempt)))
-        self.record_end(mjid, JobState.FAILED, error)
+        self._ended_failed(view, error)
         return view
 
     def retry_on_standard(self, mjid: str, reason: str, *, attempt: int, error: str | None = None) -> JobView:
@@ -339,13 +386,58 @@ class JobManager:
             pairs(self._answer(mjid, JobState.QUEUED, self._scripts.retry(keys, args), attempt=attempt))
         )
         if view.state is JobState.FAILED:  # lost more than max_lost times
-            self.record_end(mjid, JobState.FAILED, view.error)
+            self._ended_failed(view, view.error or "")
         return view
 
     def warm_statements(self) -> None:
         """Run the worker side's SQL once against no row (an UPDATE matching nothing), so that SQLAlchemy has
         it compiled: a worker does this before it forks work horses, which then inherit it compiled."""
         self.record_end("", JobState.FINISHED, None)
+
+    # -- tiles ---------------------------------------------------------------------------------------------
+    def _tile_finished(self, view: JobView) -> None:
+        """A tile finished: counted in its parent; the tile that completes the count stitches the parent's image and
+        finishes it. A stitch that cannot be made fails the parent (refunded once)."""
+        assert view.parent is not None and view.tile is not None
+        parent = view.parent
+        done = int(self._scripts.tile_finished([mq_key(parent), tiles_done_key(parent)], [view.tile]))
+        if done < view.tiles:  # more to come, or the parent has ended (-1)
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for child in self.children(parent):
+                pipe.hget(mq_key(child), "image")
+            parts = [str(x) for x in decode_list(pipe.execute()) if x]
+        name = image_name(parent, 1)
+        try:
+            if self.images_dir is None:
+                raise RenderfarmError("this JobManager has no renders folder (images_dir) to stitch into")
+            if len(parts) != view.tiles:
+                raise RenderfarmError(f"{len(parts)} of its {view.tiles} tiles have an image")
+            stitch(self.images_dir, parts, name, profile_for(view.quality).size)
+        except RenderfarmError as exc:
+            log.error("job %s: cannot stitch its %d tiles: %s", parent, view.tiles, exc)
+            self._end_parent(parent, JobState.FAILED, error=f"the tiles could not be stitched: {exc}")
+            return
+        self._end_parent(parent, JobState.FINISHED, image=name)
+
+    def _ended_failed(self, view: JobView, error: str) -> None:
+        """A job failed for good: its render's row ended (and refunded); for a tile, its parent's, once."""
+        if view.parent is None:
+            self.record_end(view.mjid, JobState.FAILED, error)
+            return
+        which = f"tile {(view.tile or 0) + 1} of {view.tiles} ({view.mjid})"
+        self._end_parent(view.parent, JobState.FAILED, error=f"{which} failed: {error}")
+
+    def _end_parent(self, parent: str, state: JobState, *, image: str = "", error: str = "") -> None:
+        """The tiled job ends (finished with its stitched image, or failed): in mq and in Postgres, once."""
+        if int(self._scripts.parent_end([mq_key(parent)], [state.value, ledger_time(), image, error])):
+            self.record_end(parent, state, error or None)
+
+    def children(self, parent: str) -> list[str]:
+        """A tiled job's tiles, top to bottom (each a job of its own); [] for a job that is not tiled."""
+        raw = self.redis.hget(mq_key(self._checked(parent)), "children")
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        return text.split(",") if text else []
 
     # -- internals -----------------------------------------------------------------------------------------
     @functools.cached_property

@@ -119,6 +119,11 @@ def claim_key(mjid: str) -> str:
     return f"{PREFIX}:mq:{mjid}:claim"
 
 
+def tiles_done_key(mjid: str) -> str:
+    """A tiled job's finished tiles (a Redis set of tile indexes)."""
+    return f"{PREFIX}:mq:{mjid}:tiles-done"
+
+
 def image_name(mjid: str, attempt: int) -> str:
     """The file name of the image one attempt made (in the API's renders folder). One file per attempt: the job
     records the one its current attempt made, so a worker that was presumed lost and comes back can never replace

@@ -235,6 +235,40 @@ return 1
 and the job is started; otherwise change nothing."""
 
 
+# A tiled job (an HD render split into tiles, renderfarm.tiles): the job the user posted (the parent) is never on a
+# queue; each tile is a job of its own (a child, with the parent's mjid in its hash) that goes through the scripts
+# above like any job, so a preempted or lost tile is retried alone. These move the parent as its tiles go.
+TILE_STARTED = f"""
+-- tile_started. KEYS: parent hash. ARGV: now. The parent is started when its first tile starts.
+if redis.call('HGET', KEYS[1], 'state') == {_lua(JobState.QUEUED)} then
+  redis.call('HSET', KEYS[1], 'state', {_lua(JobState.STARTED)}, 'started_at', ARGV[1])
+end
+return 1
+"""
+
+TILE_FINISHED = f"""
+-- tile_finished. KEYS: parent hash, the parent's set of finished tiles. ARGV: the tile's index. How many of the
+-- parent's tiles have finished, this one counted once; -1 when the parent has ended (a tile failed): nothing to add.
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == {_lua(JobState.FINISHED)} or state == {_lua(JobState.FAILED)} or not state then return -1 end
+redis.call('SADD', KEYS[2], ARGV[1])
+return redis.call('SCARD', KEYS[2])
+"""
+"""tile_finished: one step, so that of two tiles finishing at once exactly one sees the count complete (and
+stitches)."""
+
+PARENT_END = f"""
+-- parent_end. KEYS: parent hash. ARGV: finished|failed, now, image, error. 1 when the parent ended now, 0 when it had
+-- ended already (its end is recorded, and an HD charge refunded, once).
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == {_lua(JobState.FINISHED)} or state == {_lua(JobState.FAILED)} or not state then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished_at', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'image', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class LedgerScripts:
     """The transition scripts registered on one Redis client (no round trip: a script is sent when the server
@@ -245,6 +279,9 @@ class LedgerScripts:
     fail: Script
     retry: Script
     heartbeat: Script
+    tile_started: Script
+    tile_finished: Script
+    parent_end: Script
 
     @classmethod
     def register(cls, redis: Redis) -> LedgerScripts:
@@ -254,4 +291,7 @@ class LedgerScripts:
             fail=redis.register_script(FAIL),
             retry=redis.register_script(RETRY),
             heartbeat=redis.register_script(HEARTBEAT),
+            tile_started=redis.register_script(TILE_STARTED),
+            tile_finished=redis.register_script(TILE_FINISHED),
+            parent_end=redis.register_script(PARENT_END),
         )

@@ -25,11 +25,15 @@ class Quality(StrEnum):
 
 @dataclass(frozen=True)
 class RenderProfile:
-    """Output size in pixels and Cycles samples per pixel for one quality tier."""
+    """Output size in pixels and Cycles samples per pixel for one quality tier; with `rows`, one tile of it: the
+    rows [first, end) of the width x height image (counted from the top), rendered alone (Cycles' border render,
+    cropped) into an image of width x (end - first) pixels. Cycles samples each pixel the same way whatever the
+    border, so stitched tiles are the full image."""
 
     width: int
     height: int
     samples: int
+    rows: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         for name, value, top in (
@@ -39,6 +43,21 @@ class RenderProfile:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
                 raise RenderConfigError(f"render profile {name} must be a whole number from 1 to {top}, got {value!r}")
+        if self.rows is not None and not 0 <= self.rows[0] < self.rows[1] <= self.height:
+            raise RenderConfigError(f"render profile rows {self.rows} are not a band of 0..{self.height}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the image this profile writes: the whole image, or its band of rows."""
+        if self.rows is None:
+            return self.width, self.height
+        return self.width, self.rows[1] - self.rows[0]
+
+    def tile(self, index: int, count: int) -> RenderProfile:
+        """Tile `index` (0 at the top) of `count` horizontal bands of as equal heights as whole rows allow."""
+        if not 1 <= count <= self.height or not 0 <= index < count:
+            raise RenderConfigError(f"tile {index} of {count} does not exist in an image {self.height} rows high")
+        return replace(self, rows=(index * self.height // count, (index + 1) * self.height // count))
 
 
 DEFAULT_PROFILES: Mapping[Quality, RenderProfile] = MappingProxyType(

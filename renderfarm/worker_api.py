@@ -18,8 +18,6 @@ is 409 and changes nothing, and only the credential that started an attempt may 
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,7 +26,8 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
 from renderfarm.api_deps import Manager, WorkerMe, answers, clip
-from renderfarm.errors import ImageRejected, StaleAttempt, StorageUnavailable, UnsupportedImage
+from renderfarm.errors import ImageRejected, StaleAttempt, UnsupportedImage
+from renderfarm.images import store_image
 from renderfarm.jobs import JobManager, JobView
 from renderfarm.keys import JobState, Outcome, image_name
 from renderfarm.png import png_problem
@@ -63,6 +62,8 @@ class StartOut(BaseModel):
     quality: str
     scene: dict[str, Any]
     heartbeat_ttl: float = Field(description="seconds: heartbeat at least every third of it")
+    tile: int | None = Field(default=None, description="a tile of a tiled job: its index, 0 at the top")
+    tiles: int | None = Field(default=None, description="a tile of a tiled job: how many tiles the job has")
 
 
 class FailIn(BaseModel):
@@ -131,6 +132,8 @@ def start(mjid: JobId, body: StartIn, me: WorkerMe, jm: Manager) -> StartOut:
         quality=view.quality,
         scene=jm.scene(mjid),
         heartbeat_ttl=jm.heartbeat_ttl,
+        tile=view.tile,
+        tiles=view.tiles if view.tile is not None else None,
     )
 
 
@@ -166,7 +169,7 @@ def upload_image(
         raise UnsupportedImage("send the image as Content-Type: image/png")
     view = own_attempt(jm, mjid, attempt, me)
     profile = profile_for(view.quality)
-    problem = png_problem(image, (profile.width, profile.height))
+    problem = png_problem(image, (profile if view.tile_of is None else profile.tile(*view.tile_of)).size)
     if problem is not None:
         raise ImageRejected(mjid, problem)
     name = image_name(mjid, attempt)
@@ -205,21 +208,3 @@ def requeue(mjid: JobId, attempt: Attempt, body: RequeueIn, me: WorkerMe, jm: Ma
     view = jm.retry_on_standard(mjid, Outcome(body.outcome), attempt=attempt, error=body.error)
     log.info("job %s attempt %d %s by %s: %s", mjid, attempt, body.outcome, me.name, clip(body.error or "", 200))
     return Ended(mjid=mjid, attempt=attempt, state=view.state)
-
-
-def store_image(folder: Path, name: str, data: bytes) -> None:
-    """Write the image as `folder/name` atomically: a reader sees the whole file or none (temp file, fsync, rename)."""
-    tmp = folder / f".{name}.{uuid.uuid4().hex}.part"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / name)
-    except OSError as exc:
-        # The folder's path stays in the log: an answer names no path of the server's.
-        log.error("cannot store image %s in %s: %s", name, folder, exc)
-        raise StorageUnavailable(f"the API cannot store images now ({exc.strerror}); try again shortly") from exc
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -76,6 +76,7 @@ def blender_command(
         str(profile.samples),
         "--seed",
         str(seed),
+        *(() if profile.rows is None else ("--rows", str(profile.rows[0]), str(profile.rows[1]))),
     ]
 
 
@@ -139,8 +140,9 @@ def render_scene(
     finally:
         partial.unlink(missing_ok=True)
     seconds = time.monotonic() - started
-    log.info("rendered %s (%dx%d, %d samples) in %.1f s", out, profile.width, profile.height, profile.samples, seconds)
-    return RenderResult(path=out, width=profile.width, height=profile.height, seconds=seconds)
+    width, height = profile.size
+    log.info("rendered %s (%dx%d, %d samples) in %.1f s", out, width, height, profile.samples, seconds)
+    return RenderResult(path=out, width=width, height=height, seconds=seconds)
 
 
 def _run_blender(
@@ -195,8 +197,9 @@ def check_output(
     returncode: int | None = 0,
     state: str | None = None,
 ) -> None:
-    """The PNG Blender said it wrote is there, and of the profile's size; else BlenderRenderError with the
-    command and its exit code (or `state`, for a warm Blender that answered and lives on)."""
+    """The PNG Blender said it wrote is there, and of the profile's size (its band's, for a tile); else
+    BlenderRenderError with the command and its exit code (or `state`, for a warm Blender that answered and lives
+    on)."""
     tail = output_tail(output)
     said = "blender exited 0" if state is None else "the warm Blender answered ok"
     if not partial.is_file() or partial.stat().st_size == 0:
@@ -205,8 +208,8 @@ def check_output(
         size = png_size(partial)
     except RenderfarmError as exc:
         raise BlenderRenderError(argv, returncode, tail, reason=str(exc), state=state) from exc
-    if size != (profile.width, profile.height):
-        wrote = f"blender wrote a {size[0]}x{size[1]} image, expected {profile.width}x{profile.height}"
+    if size != profile.size:
+        wrote = f"blender wrote a {size[0]}x{size[1]} image, expected {profile.size[0]}x{profile.size[1]}"
         raise BlenderRenderError(argv, returncode, tail, reason=wrote, state=state)
 
 

@@ -54,13 +54,15 @@ def tls_context(ca: str | None = None) -> ssl.SSLContext:
 
 @dataclass(frozen=True)
 class Started:
-    """An attempt begun: its number, the queue it came from, its quality and scene, the heartbeat TTL to keep."""
+    """An attempt begun: its number, the queue it came from, its quality and scene, the heartbeat TTL to keep, and
+    for a tile of a tiled job its (index, count)."""
 
     attempt: int
     queue: str
     quality: str
     scene: dict[str, Any]
     heartbeat_ttl: float
+    tile: tuple[int, int] | None = None
 
 
 class FarmLink(Protocol):
@@ -93,7 +95,8 @@ class ManagerLink:
 
     def start(self, mjid: str, worker: str, rq_job: str) -> Started:
         view = self.manager.mark_started(mjid, worker, rq_job=rq_job)
-        return Started(view.attempts, view.queue.value, view.quality, self.manager.scene(mjid), self.heartbeat_ttl)
+        scene = self.manager.scene(mjid)
+        return Started(view.attempts, view.queue.value, view.quality, scene, self.heartbeat_ttl, view.tile_of)
 
     def heartbeat(self, mjid: str, attempt: int) -> bool:
         return self.manager.heartbeat(mjid, attempt)
@@ -150,7 +153,8 @@ class ApiLink:
         except StaleAttempt as exc:  # a 409 here: the rq job no longer carries the mjid
             raise StaleRqJob(mjid, rq_job, "another") from exc
         self.heartbeat_ttl = float(body["heartbeat_ttl"])
-        return Started(int(body["attempt"]), body["queue"], body["quality"], body["scene"], self.heartbeat_ttl)
+        tile = (int(body["tile"]), int(body["tiles"])) if body.get("tile") is not None else None
+        return Started(int(body["attempt"]), body["queue"], body["quality"], body["scene"], self.heartbeat_ttl, tile)
 
     def heartbeat(self, mjid: str, attempt: int) -> bool:
         try:

@@ -103,6 +103,7 @@ def horse_link(job: Job, settings: FarmSettings) -> FarmLink:
             heartbeat_ttl=settings.reliability.heartbeat_ttl,
             max_lost=settings.reliability.max_lost,
             job_func=func,
+            images_dir=settings.renders_dir,
         )
         return ManagerLink(manager, settings.renders_dir, close=lent.release)
     own = open_manager(settings)
@@ -148,7 +149,8 @@ def attempt_job(link: FarmLink, job: Job, mjid: str, settings: FarmSettings, ren
     beat.start()
     out = link.output_path(mjid, attempt, work_dir)
     try:
-        render(parse_scene(started.scene), settings.profile(started.quality), out)
+        profile = settings.profile(started.quality)
+        render(parse_scene(started.scene), profile if started.tile is None else profile.tile(*started.tile), out)
     except ShutDownImminentException:
         recording_only()
         link.requeue(mjid, attempt, requeue_reason)

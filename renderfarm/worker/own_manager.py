@@ -16,6 +16,7 @@ def open_manager(settings: FarmSettings) -> JobManager:
         make_sessionmaker(make_engine(settings.service)),
         heartbeat_ttl=settings.reliability.heartbeat_ttl,
         max_lost=settings.reliability.max_lost,
+        images_dir=settings.renders_dir,
     )
 
 

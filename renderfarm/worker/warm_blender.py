@@ -181,7 +181,8 @@ class WarmBlender:
                 scene_file = Path(tmp) / "scene.json"
                 scene_file.write_text(scene.model_dump_json(), encoding="utf-8")
                 request = {"scene": str(scene_file), "out": str(partial), "width": profile.width,
-                           "height": profile.height, "samples": profile.samples, "seed": seed}  # fmt: skip
+                           "height": profile.height, "samples": profile.samples, "seed": seed,
+                           "rows": profile.rows}  # fmt: skip
                 try:
                     self._requests.write(json.dumps(request) + "\n")
                     self._requests.flush()
@@ -200,7 +201,7 @@ class WarmBlender:
         finally:
             partial.unlink(missing_ok=True)
         seconds = time.monotonic() - started
-        return RenderResult(out, profile.width, profile.height, seconds, kept=bool(reply.get("kept")))
+        return RenderResult(out, *profile.size, seconds, kept=bool(reply.get("kept")))
 
     # -- internals -------------------------------------------------------------------------------------
     def exit_status(self, wait: float = 0.0) -> int | None:
