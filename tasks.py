@@ -382,6 +382,7 @@ def seed_credits(
         "user": "the user's email (their API token is read from the state folder: invoke seed-credits makes it)",
         "out": "where to write the PNG (default ./render-<mjid>.png)",
         "timeout": "seconds to wait for a worker to finish it",
+        "tiles": "hd only: split it into this many tiles, each a job any worker takes (default 1: one job)",
     }
 )
 @edge
@@ -392,6 +393,7 @@ def render(
     user: str = "dev@example.com",
     out: str | None = None,
     timeout: float = 900.0,
+    tiles: int = 1,
 ) -> None:
     """Submit a render through the API, wait for a worker, download the image, print the stage timings."""
     from pathlib import Path
@@ -406,6 +408,7 @@ def render(
         user=user,
         out=Path(out) if out else None,
         timeout=timeout,
+        tiles=tiles,
     )
 
 

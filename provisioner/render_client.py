@@ -63,6 +63,7 @@ def render(
     user: str,
     out: Path | None,
     timeout: float,
+    tiles: int = 1,
 ) -> Path:
     from provisioner.services import api_url
 
@@ -73,7 +74,7 @@ def render(
     try:
         with httpx.Client(base_url=base, timeout=15, headers={"Authorization": f"Bearer {token}"}) as http:
             t0 = time.monotonic()
-            resp = http.post("/renders", json={"quality": quality, "scene": scene})
+            resp = http.post("/renders", json={"quality": quality, "scene": scene, "tiles": tiles})
             if resp.status_code != 202:
                 raise _refusal(resp, user)
             mjid = resp.json()["mjid"]
@@ -90,7 +91,7 @@ def render(
             stages["download"] = time.monotonic() - t1
     except httpx.TransportError as exc:
         raise RenderdevError(f"the API at {base} does not answer ({exc})", hint="invoke services") from exc
-    console.print(f"{quality} render {mjid}: {target}")
+    console.print(f"{quality} render {mjid}{f' in {tiles} tiles' if tiles > 1 else ''}: {target}")
     console.print("  " + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
     return target
 
