@@ -27,6 +27,7 @@ from provisioner.compose import CONTAINER_UID
 from provisioner.config import Settings
 from provisioner.secrets import read_secrets
 from provisioner.services import api_url
+from renderfarm.jobs import JobManager
 from renderfarm.keys import mq_key, scene_key
 from renderfarm.png import png_size
 from renderfarm.settings import WorkerAccess
@@ -285,3 +286,32 @@ def test_a_running_worker_stops_when_its_credential_is_revoked(
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
+
+
+def test_tiles_uploaded_through_the_api_are_checked_as_tiles_and_stitched_by_the_api(
+    stack: Settings, api: httpx.Client, manager: redis.Redis, tmp_path: Path
+) -> None:
+    """A worker with only its file cannot read the other tiles: the API, which stores them, stitches the image when
+    the last tile's upload arrives."""
+    access, _ = worker_file(stack, tmp_path, "tiler")
+    user = new_user(stack, credits=100)
+    resp = api.post("/renders", json={"quality": "hd", "scene": small_scene(), "tiles": 2}, headers=user.headers)
+    assert resp.status_code == 202, resp.text
+    mjid = str(resp.json()["mjid"])
+    own = {**bearer(access), "Content-Type": "image/png"}
+    for index, child in enumerate(JobManager(manager, None).children(mjid)):  # type: ignore[arg-type]
+        started = api.post(
+            f"/worker/jobs/{child}/start", json={"rq_job": child, "worker": "tiler"}, headers=bearer(access)
+        )
+        assert started.status_code == 200, started.text
+        assert (started.json()["tile"], started.json()["tiles"], started.json()["quality"]) == (index, 2, "hd")
+        base = f"/worker/jobs/{child}/attempts/{started.json()['attempt']}"
+        whole = api.put(f"{base}/image", content=make_png(1920, 1080), headers=own)
+        assert whole.status_code == 422 and "1920x540" in whole.text, whole.text  # a tile is a band, not the image
+        assert api.put(f"{base}/image", content=make_png(1920, 540), headers=own).status_code == 200
+        parent = api.get(f"/renders/{mjid}", headers=user.headers).json()
+        assert parent["state"] == ("finished" if index == 1 else "started"), parent
+    image = api.get(f"/renders/{mjid}/image", headers=user.headers)
+    assert image.status_code == 200
+    (tmp_path / "stitched.png").write_bytes(image.content)
+    assert png_size(tmp_path / "stitched.png") == (1920, 1080)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from renderfarm.core import JobOut, field_errors
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from renderfarm.core import MAX_TILES, JobOut, RenderRequest, field_errors
+from renderfarm.examples import example_scene_path
 from renderfarm.jobs import JobView
 
 
@@ -41,3 +47,12 @@ def test_validation_errors_echo_a_short_preview_and_only_scalar_limits() -> None
     assert nan["input"] == "nan" and nan["ctx"] == {"le": "inf"}, "JSON has no NaN or infinity"
     many = field_errors([errors[2]] * 50)
     assert len(many) == 21 and many[-1]["msg"] == "and 30 more invalid values"
+
+
+def test_tiles_are_for_hd_renders_only() -> None:
+    scene = json.loads(example_scene_path().read_text())
+    assert RenderRequest(quality="hd", scene=scene, tiles=4).tiles == 4  # type: ignore[arg-type]
+    assert RenderRequest(quality="preview", scene=scene).tiles == 1  # type: ignore[arg-type]
+    for quality, tiles, says in (("preview", 2, "tiles apply to hd renders"), ("hd", MAX_TILES + 1, "less than")):
+        with pytest.raises(ValidationError, match=says):
+            RenderRequest(quality=quality, scene=scene, tiles=tiles)  # type: ignore[arg-type]

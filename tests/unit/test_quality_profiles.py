@@ -71,3 +71,25 @@ def test_unknown_quality() -> None:
 def test_profile_values_are_checked(width: int, height: int, samples: int, field: str) -> None:
     with pytest.raises(RenderConfigError, match=f"render profile {field} must be a whole number"):
         RenderProfile(width=width, height=height, samples=samples)
+
+
+@pytest.mark.parametrize("count", range(1, 17))
+def test_tiles_are_bands_of_whole_rows_covering_the_image_once(count: int) -> None:
+    hd = DEFAULT_PROFILES[Quality.HD]
+    bands = [hd.tile(i, count) for i in range(count)]
+    rows = [b.rows for b in bands]
+    assert rows[0] is not None and rows[0][0] == 0 and rows[-1] is not None and rows[-1][1] == hd.height
+    assert all(a is not None and b is not None and a[1] == b[0] for a, b in zip(rows, rows[1:], strict=False))
+    heights = {b.size[1] for b in bands}
+    assert max(heights) - min(heights) <= 1 and {b.size[0] for b in bands} == {hd.width}
+    assert all(b.samples == hd.samples and b.tile(0, 1).rows == (0, hd.height) for b in bands)
+    assert hd.size == (1920, 1080)
+
+
+def test_a_tile_that_does_not_exist_is_refused() -> None:
+    hd = DEFAULT_PROFILES[Quality.HD]
+    for index, count in ((2, 2), (-1, 3), (0, 0), (0, hd.height + 1)):
+        with pytest.raises(RenderConfigError, match="does not exist"):
+            hd.tile(index, count)
+    with pytest.raises(RenderConfigError, match="not a band"):
+        RenderProfile(width=10, height=10, samples=1, rows=(5, 11))
